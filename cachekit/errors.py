@@ -1,0 +1,90 @@
+"""The cachekit exception tree: one root, each class with a stable exit code and a user hint.
+
+Exit codes (shared with the CLI): 2 usage, 3 verification failed or conflict, 4 missing
+artefact (unknown repo, revision or file; gated repo without a token), 5 I/O failure while
+writing (disk full, permission), 6 network failure while fetching.
+"""
+
+from __future__ import annotations
+
+EXIT_USAGE = 2
+EXIT_VERIFY = 3
+EXIT_MISSING = 4
+EXIT_IO = 5
+EXIT_NETWORK = 6
+
+
+class CachekitError(Exception):
+    """Root of every error cachekit raises on purpose. `hint` tells the user what to do next."""
+
+    exit_code = 1
+    default_hint = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = self.default_hint if hint is None else hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(CachekitError, ValueError):
+    """Arguments that cannot work (bad repo id, bad option combination)."""
+
+    exit_code = EXIT_USAGE
+
+
+class BundleError(CachekitError, ValueError):
+    """A bundle that is unsafe or unreadable: bad manifest, hostile archive member."""
+
+    exit_code = EXIT_VERIFY
+    default_hint = "the bundle is damaged or was not written by cachekit; prefetch it again"
+
+
+class VerificationError(CachekitError):
+    """One or more files of a bundle do not match the manifest. `problems` lists each one."""
+
+    exit_code = EXIT_VERIFY
+    default_hint = "copy the bundle again from the online host, or rerun `cachekit prefetch` there"
+
+    def __init__(self, problems: list, *, hint: str | None = None) -> None:
+        self.problems = list(problems)
+        first = self.problems[0] if self.problems else "no details"
+        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        super().__init__(f"bundle verification failed: {first}{more}", hint=hint)
+
+
+class ConflictError(CachekitError):
+    """The cache already holds different content at a path an import would write."""
+
+    exit_code = EXIT_VERIFY
+    default_hint = "remove the conflicting repo from the cache (or use another HF_HOME), then import again"
+
+
+class NotFoundError(CachekitError, FileNotFoundError):
+    """An unknown repo, revision or file (on the hub, in a local folder or in the store)."""
+
+    exit_code = EXIT_MISSING
+    default_hint = "check the repo id and revision; `cachekit ls` lists what is installed"
+
+
+class AccessError(CachekitError, PermissionError):
+    """A gated or private repo and no (or a wrong) token."""
+
+    exit_code = EXIT_MISSING
+    default_hint = "accept the repo's terms on the hub and set HF_TOKEN to a token that may read it"
+
+
+class WriteError(CachekitError, OSError):
+    """Writing failed (disk full, permission denied). Nothing half-written is left behind."""
+
+    exit_code = EXIT_IO
+    default_hint = "free some disk space or fix permissions, then run the same command again"
+
+
+class NetworkError(CachekitError, ConnectionError):
+    """The hub could not be reached or the transfer broke off."""
+
+    exit_code = EXIT_NETWORK
+    default_hint = "check HF_ENDPOINT and the connection; a rerun continues where this one stopped"

@@ -1,0 +1,208 @@
+"""The bundle manifest: pure records, JSON (de)serialisation and validation. No I/O here."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from posixpath import normpath
+
+from .errors import BundleError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+KINDS = ("model", "dataset", "metric", "asset")
+REPO_TYPES = ("model", "dataset", "space")
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One logical file of an entry. `etag` is the hub's name for the blob (sha1 or sha256)."""
+
+    path: str
+    size: int
+    sha256: str
+    etag: str = ""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One pinned artefact: a model, a converted dataset, a metric space or an asset repo."""
+
+    kind: str
+    repo_id: str
+    repo_type: str
+    revision: str
+    commit: str
+    files: tuple[FileRecord, ...]
+    source: str = "hub"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    license: str | None = None
+    gated: bool = False
+    trust_remote_code: bool = False
+    dependencies: tuple[str, ...] = ()
+    # datasets only: {config: {split: {"path": "<config>/<split>.parquet", "rows": n}}}
+    splits: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.repo_type, self.repo_id, self.commit)
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    entries: tuple[Entry, ...]
+    created: str
+    tool_version: str
+    libraries: dict = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def objects(self) -> dict[str, int]:
+        """sha256 -> size of every distinct object the bundle must hold."""
+        return {f.sha256: f.size for e in self.entries for f in e.files}
+
+    def to_json(self) -> str:
+        doc = {
+            "schema_version": self.schema_version,
+            "tool": {"name": "cachekit", "version": self.tool_version},
+            "created": self.created,
+            "libraries": dict(sorted(self.libraries.items())),
+            "entries": [_entry_to_dict(e) for e in self.entries],
+        }
+        return json.dumps(doc, indent=1, sort_keys=False) + "\n"
+
+
+def _entry_to_dict(e: Entry) -> dict:
+    d = asdict(e)
+    d["files"] = [asdict(f) for f in e.files]
+    for k in ("include", "exclude", "dependencies"):
+        d[k] = list(d[k])
+    return d
+
+
+def check_relpath(path: str, what: str = "path") -> str:
+    """Return `path` if it is a safe relative POSIX path inside the bundle, else raise."""
+    if not isinstance(path, str) or not path:
+        raise BundleError(f"{what} is empty or not a string: {path!r}")
+    if path.startswith("/") or re.match(r"^[A-Za-z]:", path) or "\\" in path:
+        raise BundleError(f"{what} is absolute or not a POSIX path: {path!r}")
+    if "\x00" in path or any(part in ("..", ".", "") for part in path.split("/")) or normpath(path) != path:
+        raise BundleError(f"{what} leaves the bundle or is not normalised: {path!r}")
+    return path
+
+
+def object_path(sha256: str) -> str:
+    """Where the object with this sha256 lives inside a bundle."""
+    return f"objects/{sha256[:2]}/{sha256}"
+
+
+def parse(text: str | bytes) -> Manifest:
+    """Parse and validate a manifest; any defect raises BundleError naming the item."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"manifest.json is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BundleError("manifest.json is not a JSON object")
+    version = doc.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"manifest.json has unknown schema version {version!r} (this cachekit reads {SCHEMA_VERSION})",
+            hint="use the cachekit version that wrote the bundle, or prefetch it again with this one",
+        )
+    entries = doc.get("entries")
+    if not isinstance(entries, list):
+        raise BundleError("manifest.json has no 'entries' list")
+    parsed = tuple(_parse_entry(i, e) for i, e in enumerate(entries))
+    seen: set[tuple[str, str, str]] = set()
+    for e in parsed:
+        if e.key in seen:
+            raise BundleError(f"duplicate entry in manifest: {e.repo_type} {e.repo_id}@{e.commit}")
+        seen.add(e.key)
+    sizes: dict[str, int] = {}
+    for e in parsed:
+        for f in e.files:
+            if sizes.setdefault(f.sha256, f.size) != f.size:
+                raise BundleError(f"object {f.sha256} is listed with two different sizes")
+    tool = doc.get("tool") or {}
+    return Manifest(
+        entries=parsed,
+        created=str(doc.get("created", "")),
+        tool_version=str(tool.get("version", "")) if isinstance(tool, dict) else "",
+        libraries=doc.get("libraries") if isinstance(doc.get("libraries"), dict) else {},
+        schema_version=version,
+    )
+
+
+def _parse_entry(i: int, d: object) -> Entry:
+    if not isinstance(d, dict):
+        raise BundleError(f"manifest entry #{i} is not an object")
+    name = f"manifest entry #{i} ({d.get('repo_id', '?')})"
+
+    def need(key: str, typ: type) -> object:
+        v = d.get(key)
+        if not isinstance(v, typ):
+            raise BundleError(f"{name}: field '{key}' is missing or not {typ.__name__}")
+        return v
+
+    kind, repo_type = need("kind", str), need("repo_type", str)
+    if kind not in KINDS:
+        raise BundleError(f"{name}: unknown kind {kind!r}")
+    if repo_type not in REPO_TYPES:
+        raise BundleError(f"{name}: unknown repo_type {repo_type!r}")
+    repo_id = need("repo_id", str)
+    if not _REPO_ID.match(repo_id) or ".." in repo_id:
+        raise BundleError(f"{name}: invalid repo id {repo_id!r}")
+    commit = need("commit", str)
+    if not _HEX40.match(commit):
+        raise BundleError(f"{name}: commit is not 40 hex digits: {commit!r}")
+    revision = need("revision", str)
+    if "\x00" in revision or revision.startswith("/") or ".." in revision.split("/"):
+        raise BundleError(f"{name}: invalid revision {revision!r}")
+    files, paths = [], set()
+    for j, f in enumerate(need("files", list)):
+        if not isinstance(f, dict):
+            raise BundleError(f"{name}: file #{j} is not an object")
+        path = check_relpath(f.get("path"), f"{name}: file path")
+        if path in paths:
+            raise BundleError(f"{name}: duplicate file {path!r}")
+        paths.add(path)
+        size, sha = f.get("size"), f.get("sha256")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise BundleError(f"{name}: file {path!r} has an invalid size {size!r}")
+        if not isinstance(sha, str) or not _HEX64.match(sha):
+            raise BundleError(f"{name}: file {path!r} has an invalid sha256 {sha!r}")
+        etag = f.get("etag") or sha
+        if not isinstance(etag, str) or not re.match(r"^[0-9a-f]{40}([0-9a-f]{24})?$", etag):
+            raise BundleError(f"{name}: file {path!r} has an invalid etag {etag!r}")
+        files.append(FileRecord(path, size, sha, etag))
+    splits = d.get("splits") or {}
+    if not isinstance(splits, dict):
+        raise BundleError(f"{name}: 'splits' is not an object")
+    for cfg, by_split in splits.items():
+        for split, info in (by_split or {}).items():
+            if not isinstance(info, dict) or info.get("path") not in paths:
+                raise BundleError(f"{name}: split {cfg}/{split} names no file of the entry")
+    return Entry(
+        kind=kind, repo_id=repo_id, repo_type=repo_type, revision=revision, commit=commit,
+        files=tuple(files), source=str(d.get("source", "hub")),
+        include=tuple(d.get("include") or ()), exclude=tuple(d.get("exclude") or ()),
+        license=d.get("license"), gated=bool(d.get("gated", False)),
+        trust_remote_code=bool(d.get("trust_remote_code", False)),
+        dependencies=tuple(d.get("dependencies") or ()), splits=splits,
+    )
+
+
+def merge(old: Manifest | None, new_entries: list[Entry]) -> list[Entry]:
+    """Entries of `old` not replaced by one of `new_entries` (same repo and commit), then the new."""
+    replaced = {e.key for e in new_entries}
+    kept = [e for e in (old.entries if old else ()) if e.key not in replaced]
+    return kept + list(new_entries)

@@ -1,0 +1,211 @@
+"""`cachekit`: build portable, verified bundles online; verify and install them offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .common import byte_bar, die, handle_errors, human_size
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.version_option(package_name="cachekit-evalcore")
+def cachekit(debug: bool) -> None:
+    """Portable, checksummed bundles of Hugging Face models, datasets and metrics.
+
+    \b
+    Online host:   cachekit prefetch --model HuggingFaceTB/SmolLM2-135M-Instruct \\
+                                     --dataset allenai/ai2_arc --out eval-bundle.tar
+    Offline host:  cachekit verify eval-bundle.tar && cachekit import eval-bundle.tar
+
+    Exit codes: 0 ok, 2 usage, 3 verification failed or conflict, 4 unknown or gated repo,
+    revision or file, 5 write failure (disk full), 6 network failure.
+    """
+
+
+@cachekit.command()
+@click.option("--model", "models", multiple=True, metavar="ORG/NAME[@REV]", help="A model repo (repeatable).")
+@click.option("--dataset", "datasets", multiple=True, metavar="ORG/NAME[@REV]",
+              help="A dataset repo, converted to Parquet per config and split (repeatable).")
+@click.option("--space", "spaces", multiple=True, metavar="ORG/NAME[@REV]",
+              help="A space repo, e.g. an `evaluate` metric, kept as plain files (repeatable).")
+@click.option("--local", "locals_", multiple=True, metavar="[KIND:]ORG/NAME=PATH",
+              help="A local folder stored under the repo id you give; KIND is model (default), dataset or space.")
+@click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="An evalcore plan file: fetch exactly the models, tokenizers and datasets it needs.")
+@click.option("--include", multiple=True, metavar="GLOB", help="Only files matching (repeatable; all sources).")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching (repeatable; all sources).")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Record that models with custom code may run it, and bundle the repos their auto_map names.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), metavar="DIR|FILE.tar",
+              help="Bundle folder, or a .tar file. An existing bundle is extended, reusing what it holds.")
+@handle_errors
+def prefetch(models, datasets, spaces, locals_, plan_file, include, exclude, trust_remote_code, out) -> None:
+    """Resolve, pin and download everything into a bundle (run on a host with internet).
+
+    Every revision is pinned to a commit; every file is stored once with its sha256; datasets
+    are converted to Parquet. A rerun after an interruption continues where it stopped.
+
+    \b
+    Example:
+      cachekit prefetch --model HuggingFaceTB/SmolLM2-135M-Instruct@main \\
+          --dataset allenai/ai2_arc --exclude '*.onnx' --out bundle.tar
+      cachekit prefetch --plan eval.toml --out bundle/
+      cachekit prefetch --local myorg/my-model=./checkpoints/step-1000 --out bundle/
+    """
+    from cachekit.prefetch import prefetch as run
+    from cachekit.sources import parse_hub_spec, parse_local_spec
+
+    opts = dict(include=include, exclude=exclude, trust_remote_code=trust_remote_code)
+    sources = [parse_hub_spec(s, "model", **opts) for s in models]
+    sources += [parse_hub_spec(s, "dataset", **opts) for s in datasets]
+    sources += [parse_hub_spec(s, "space", **opts) for s in spaces]
+    sources += [parse_local_spec(s, **opts) for s in locals_]
+    if plan_file:
+        from evalcore.plan import load_plan, plan_sources
+
+        sources += plan_sources(load_plan(plan_file), include=include, exclude=exclude,
+                                trust_remote_code=trust_remote_code)
+    m = run(sources, out, log=lambda s: click.echo(s, err=True))
+    size = sum(m.objects().values())
+    click.echo(f"bundle {out}: {len(m.entries)} entries, {len(m.objects())} files, {human_size(size)}")
+
+
+@cachekit.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@handle_errors
+def verify(bundle: Path) -> None:
+    """Hash every file of a bundle against its manifest.
+
+    Exit 0 when all is well; exit 3 listing every problem (missing, corrupt, truncated,
+    unlisted or unsafe files, invalid manifest).
+
+    \b
+    Example:
+      cachekit verify /media/usb/eval-bundle.tar
+    """
+    from cachekit.bundle import open_bundle, verify as run
+    from cachekit.errors import VerificationError
+
+    with open_bundle(bundle) as reader:
+        try:
+            total = sum(reader.manifest().objects().values())
+        except Exception:
+            total = 0
+    with byte_bar(total, "verify") as bar:
+        m, problems = run(bundle, progress=bar.update)
+    if problems:
+        raise VerificationError([str(p) for p in problems])
+    click.echo(f"ok: {bundle}: {len(m.entries)} entries, {len(m.objects())} files, "
+               f"{human_size(sum(m.objects().values()))} verified")
+
+
+@cachekit.command(name="import")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Show the plan (and check the bundle) without changing anything.")
+@handle_errors
+def import_(bundle: Path, dry_run: bool) -> None:
+    """Install a bundle into the Hugging Face cache (HF_HOME / HF_HUB_CACHE) and the dataset store.
+
+    Models and spaces go to the standard hub cache layout, so transformers loads them by repo id
+    with HF_HUB_OFFLINE=1; datasets go to the store (CACHEKIT_HOME, default $HF_HOME/cachekit).
+    Nothing changes unless every file is good: a failed import leaves the cache as it was.
+    A second import of the same bundle does nothing.
+
+    \b
+    Example:
+      HF_HOME=/data/hf cachekit import eval-bundle.tar --dry-run
+      HF_HOME=/data/hf cachekit import eval-bundle.tar
+    """
+    from cachekit.bundle import open_bundle
+    from cachekit.install import import_bundle
+
+    with open_bundle(bundle) as reader:
+        total = sum(reader.manifest().objects().values())
+    with byte_bar(total, "import") as bar:
+        plan = import_bundle(bundle, dry_run=dry_run, show=_show_plan, progress=bar.update)
+    if dry_run:
+        if plan.problems():
+            die(f"the import would fail: {plan.problems()[0]}", code=3)
+        click.echo("dry run: nothing changed")
+    elif plan.nothing_to_do:
+        click.echo("nothing to do: everything in the bundle is already installed")
+    else:
+        click.echo(f"imported {bundle}")
+
+
+def _show_plan(plan) -> None:
+    from cachekit.install import CONFLICTING, CORRUPT, NEW, PRESENT
+
+    for e in plan.entries:
+        steps = [s for s in plan.steps if s.entry is e]
+        counts = {k: sum(1 for s in steps if s.status == k) for k in (NEW, PRESENT, CONFLICTING, CORRUPT)}
+        summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+        click.echo(f"{e.kind:8} {e.repo_id}@{e.commit[:12]} ({e.revision}): {summary or 'no files'}")
+        for s in steps:
+            if s.status in (CONFLICTING, CORRUPT):
+                click.echo(f"  {s.status}: {s.file.path} ({s.detail})")
+    for ref, old, new in plan.refs:
+        click.echo(f"ref {ref.parent.parent.name}/refs/{ref.name}: {old[:12] if old else '(none)'} -> {new[:12]}")
+
+
+@cachekit.command(name="ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@handle_errors
+def ls(as_json: bool) -> None:
+    """List what `cachekit import` installed: kind, repo id, commit, revisions, size.
+
+    \b
+    Example:
+      cachekit ls
+      cachekit ls --json | jq '.[].repo_id'
+    """
+    from dataclasses import asdict
+
+    from cachekit.index import Index
+
+    items = Index().items()
+    if as_json:
+        click.echo(json.dumps([asdict(i) for i in items], indent=1))
+        return
+    if not items:
+        click.echo("nothing installed (cachekit import BUNDLE installs a bundle)")
+        return
+    click.echo(f"{'kind':8} {'repo id':40} {'commit':12} {'revisions':16} {'size':>10}")
+    for i in items:
+        click.echo(f"{i.kind:8} {i.repo_id:40} {i.commit[:12]} {','.join(i.revisions) or '-':16} {human_size(i.size):>10}")
+
+
+@cachekit.command()
+@click.argument("repo_ids", nargs=-1, required=True, metavar="[KIND:]ORG/NAME[@REV]...")
+@click.option("--out", required=True, type=click.Path(path_type=Path), metavar="DIR|FILE.tar",
+              help="Bundle folder or .tar to write.")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Hub cache to read (default: HF_HUB_CACHE or $HF_HOME/hub).")
+@handle_errors
+def export(repo_ids, out: Path, cache_dir: Path | None) -> None:
+    """Bundle repos that a local Hugging Face cache already holds (no network).
+
+    The verifiable form of "copy ~/.cache/huggingface to the offline host". KIND is model
+    (default), dataset or space; REV defaults to main (or the only cached commit).
+
+    \b
+    Example:
+      cachekit export HuggingFaceTB/SmolLM2-135M-Instruct dataset:allenai/ai2_arc --out bundle.tar
+    """
+    from cachekit.export import export as run
+
+    m = run(list(repo_ids), out, cache_dir, log=lambda s: click.echo(s, err=True))
+    click.echo(f"bundle {out}: {len(m.entries)} entries, {len(m.objects())} files, "
+               f"{human_size(sum(m.objects().values()))}")
+
+
+def main() -> None:
+    cachekit(prog_name="cachekit")
+
+
+if __name__ == "__main__":
+    main()
