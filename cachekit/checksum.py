@@ -60,12 +60,21 @@ def copy_and_hash(src: BinaryIO, dst: str | os.PathLike, progress: Callable[[int
             if not n:
                 break
             h.update(view[:n])
-            out.write(view[:n])
+            _write_all(out, view[:n])
             total += n
             if progress:
                 progress(n)
         os.fsync(out.fileno())
     return h.hexdigest(), total
+
+
+def _write_all(out, data: memoryview) -> None:
+    """Raw writes may be short (a size limit, a full disk): loop so the error surfaces."""
+    while data:
+        written = out.write(data)
+        if not written:
+            raise OSError(28, "No space left on device")
+        data = data[written:]
 
 
 def hash_many(paths: Iterable[Path], workers: int | None = None,
@@ -88,7 +97,7 @@ def hash_many(paths: Iterable[Path], workers: int | None = None,
     # Largest first, so one big file does not start last and leave the other threads idle.
     order = sorted(paths, key=lambda p: _size_or_zero(p), reverse=True)
     with ThreadPoolExecutor(workers) as pool:
-        return dict(zip(order, pool.map(one, order)))
+        return dict(zip(order, pool.map(one, order), strict=True))
 
 
 def _size_or_zero(p: Path) -> int:

@@ -267,7 +267,7 @@ def _commit(plan: Plan, hub: Path, store: Path, bundle: str) -> None:
                     undo.mkdirs(s.link.parent)
                     _link(s.blob, s.link)
                     undo.created(s.link)
-            for ref, old, new in plan.refs:
+            for ref, _old, new in plan.refs:
                 undo.mkdirs(ref.parent)
                 current = ref.read_text().strip() if ref.is_file() else None
                 tmp = ref.with_name(f".{ref.name}.tmp-{uuid.uuid4().hex[:8]}")

@@ -50,12 +50,20 @@ def build_bundle(out: Path, produce: Callable[[BundleWriter], list[mf.Entry]], l
     manifest last and, for a .tar, pack it atomically."""
     staging = staging_for(out)
     previous = _previous_bundle(out, staging)
+    fresh = not staging.exists()
     writer = BundleWriter(staging, previous)
     try:
         entries = produce(writer)
         if writer.old_manifest is not None:
             _carry_over(writer, entries)
         m = writer.finish(entries, libraries())
+    except BaseException:
+        writer.close()
+        if fresh and not writer.stored_anything:
+            shutil.rmtree(staging, ignore_errors=True)  # nothing worth resuming: leave no trace
+        elif writer.stored_anything:
+            log(f"kept the files downloaded so far in {staging}: rerun the same command to continue")
+        raise
     finally:
         writer.close()
         if previous is not None:

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -119,6 +118,11 @@ class BundleWriter:
             remove_quietly(tmp)
             raise write_error(exc, self.folder / "objects") from exc
         return sha
+
+    @property
+    def stored_anything(self) -> bool:
+        """True once this or an earlier run stored a file worth keeping for a rerun."""
+        return self._journal_path.exists() and self._journal_path.stat().st_size > 0
 
     def record(self, repo_type: str, repo_id: str, commit: str, path: str, sha256: str, size: int) -> None:
         """Note in the journal that this file is stored, so an interrupted run can skip it."""

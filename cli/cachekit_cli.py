@@ -87,7 +87,8 @@ def verify(bundle: Path) -> None:
     Example:
       cachekit verify /media/usb/eval-bundle.tar
     """
-    from cachekit.bundle import open_bundle, verify as run
+    from cachekit.bundle import open_bundle
+    from cachekit.bundle import verify as run
     from cachekit.errors import VerificationError
 
     with open_bundle(bundle) as reader:

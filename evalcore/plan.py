@@ -19,9 +19,10 @@ tokenizers and datasets; the engine adds run settings.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 from .catalog import lookup
 from .errors import PlanError

@@ -20,7 +20,7 @@ from tests_netguard_impl import install as _install_guard  # noqa: E402
 
 _install_guard()
 
-from tests.hubserver import hub_server  # noqa: E402,F401  (fixture)
+from tests.hubserver import hub_server  # noqa: E402,F401,F811  (fixture)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -58,7 +58,7 @@ def tree_state(path: Path) -> dict[str, tuple]:
 
 
 @pytest.fixture
-def homes(tmp_path: Path, hub_server) -> dict[str, str]:
+def homes(tmp_path: Path, hub_server) -> dict[str, str]:  # noqa: F811
     """A fresh HF home pointed at the local hub; returns the env for CLI subprocesses."""
     return clean_env(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=hub_server.url)
 

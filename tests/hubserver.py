@@ -230,10 +230,11 @@ class HubServer:
 
     # -- fault injection -------------------------------------------------------------------------------
     def drop_connection_after(self, path_suffix: str, nbytes: int, times: int = 1) -> None:
-        """The next ``times`` GETs of a file whose path ends with ``path_suffix`` send headers and
-        ``nbytes`` of body, then close the socket."""
+        """The next ``times`` GETs of a file whose (decoded) URL path ends with ``path_suffix`` send the
+        headers and ``nbytes`` of body, then close the socket. A new rule for the same suffix replaces
+        the old one (``times=0`` clears it)."""
         with self._lock:
-            self._drops.append([path_suffix, nbytes, times])
+            self._drops = [r for r in self._drops if r[0] != path_suffix] + [[path_suffix, nbytes, times]]
 
     def throttle(self, bytes_per_second: float | None) -> None:
         """Limit the speed of each file body (``None``: full speed)."""
@@ -399,12 +400,8 @@ class _Handler(BaseHTTPRequestHandler):
             names = names if recursive else [p for p in names if "/" not in p[len(prefix) :]]
             self._json(self._entries(repo, commit, names, query.get("expand") in _TRUE))
         elif action == "paths-info" and self.command == "POST":
-            if self.headers.get("Content-Type", "").startswith("application/json"):
-                form = json.loads(body or b"{}")
-                paths, expand = list(form.get("paths", [])), bool(form.get("expand"))
-            else:
-                form = parse_qs(body.decode())
-                paths, expand = form.get("paths", []), form.get("expand", ["false"])[-1] in _TRUE
+            form = parse_qs(body.decode())  # paths=a&paths=b%2Fc&expand=false
+            paths, expand = form.get("paths", []), form.get("expand", ["false"])[-1] in _TRUE
             known = _dirs(commit.tree) | set(commit.tree)
             self._json(self._entries(repo, commit, [p.strip("/") for p in paths if p.strip("/") in known], expand))
         elif action == "refs" and get:
@@ -480,7 +477,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return
-        cut_after = self.hub._take_drop(path)
+        cut_after = self.hub._take_drop(unquote(urlsplit(self.path).path))
         sent = 0
         for chunk in blob.iter_bytes(start, end):
             if cut_after is not None and sent + len(chunk) >= cut_after:
