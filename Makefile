@@ -25,7 +25,7 @@ demo: setup
 	$(BIN)/python scripts/demo.py
 
 bench: setup
-	$(BIN)/python scripts/bench_bundles.py
+	$(BIN)/python scripts/bench.py
 
 lint: setup
 	$(BIN)/ruff check cachekit evalcore cli tests scripts

@@ -55,6 +55,10 @@ class BundleReader:
     def unlisted(self, listed: set[str]) -> list[Problem]:
         raise NotImplementedError
 
+    def object_location(self, sha256: str) -> tuple[Path, int, int]:
+        """(file, byte offset, size) of an object's bytes, for in-kernel copies."""
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
@@ -100,6 +104,12 @@ class DirBundle(BundleReader):
         if not stat.S_ISREG(st.st_mode):
             raise BundleError(f"object {mf.object_path(sha256)} is not a regular file")
         return st.st_size
+
+    def object_location(self, sha256: str) -> tuple[Path, int, int]:
+        p = self._object(sha256)
+        if p.is_symlink():
+            raise BundleError(f"object {mf.object_path(sha256)} is a link")
+        return p, 0, p.stat().st_size
 
     @contextmanager
     def open_object(self, sha256: str) -> Iterator[BinaryIO]:
@@ -187,6 +197,11 @@ class TarBundle(BundleReader):
     def object_size(self, sha256: str) -> int | None:
         m = self._members.get(mf.object_path(sha256))
         return None if m is None else m.size
+
+    def object_location(self, sha256: str) -> tuple[Path, int, int]:
+        self._check_safe()
+        m = self._members[mf.object_path(sha256)]
+        return self.path, m.offset_data, m.size
 
     @contextmanager
     def open_object(self, sha256: str) -> Iterator[BinaryIO]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Callable, Iterable
@@ -66,6 +67,41 @@ def copy_and_hash(src: BinaryIO, dst: str | os.PathLike, progress: Callable[[int
                 progress(n)
         os.fsync(out.fileno())
     return h.hexdigest(), total
+
+
+def copy_range_and_hash(src: str | os.PathLike, offset: int, size: int, dst: str | os.PathLike,
+                        progress: Callable[[int], None] | None = None) -> str:
+    """Copy `size` bytes at `offset` of `src` into a new file `dst` in the kernel
+    (copy_file_range; read/write where unsupported), fsync it, then hash what was written:
+    the digest describes exactly the bytes that landed. Returns the sha256 of `dst`."""
+    with open(src, "rb", buffering=0) as fin, open(dst, "xb", buffering=0) as fout:
+        done = 0
+        try:
+            while done < size:
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), size - done, offset + done)
+                if n == 0:
+                    break  # source shorter than announced: the hash below will say so
+                done += n
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL) or done:
+                raise
+            fin.seek(offset)
+            _copy_slice(fin, fout, size)
+        os.fsync(fout.fileno())
+    with open(dst, "rb", buffering=0) as f:
+        return sha256_stream(f, progress)[0]
+
+
+def _copy_slice(fin, fout, size: int) -> None:
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    left = size
+    while left:
+        n = fin.readinto(view[: min(left, CHUNK)])
+        if not n:
+            break
+        _write_all(fout, view[:n])
+        left -= n
 
 
 def _write_all(out, data: memoryview) -> None:

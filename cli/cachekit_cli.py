@@ -107,8 +107,11 @@ def verify(bundle: Path) -> None:
 @cachekit.command(name="import")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Show the plan (and check the bundle) without changing anything.")
+@click.option("--link", is_flag=True,
+              help="Zero-copy: hard-link the objects of a folder bundle on the same filesystem instead of "
+                   "copying (the cache then shares the bundle's files: keep the bundle read-only).")
 @handle_errors
-def import_(bundle: Path, dry_run: bool) -> None:
+def import_(bundle: Path, dry_run: bool, link: bool) -> None:
     """Install a bundle into the Hugging Face cache (HF_HOME / HF_HUB_CACHE) and the dataset store.
 
     Models and spaces go to the standard hub cache layout, so transformers loads them by repo id
@@ -127,7 +130,7 @@ def import_(bundle: Path, dry_run: bool) -> None:
     with open_bundle(bundle) as reader:
         total = sum(reader.manifest().objects().values())
     with byte_bar(total, "import") as bar:
-        plan = import_bundle(bundle, dry_run=dry_run, show=_show_plan, progress=bar.update)
+        plan = import_bundle(bundle, dry_run=dry_run, link=link, show=_show_plan, progress=bar.update)
     if dry_run:
         if plan.problems():
             die(f"the import would fail: {plan.problems()[0]}", code=3)

@@ -28,3 +28,19 @@ class PlanError(EvalcoreError, ValueError):
 
     exit_code = EXIT_USAGE
     default_hint = "see docs/plan.md for the plan file format"
+
+
+class LedgerError(EvalcoreError):
+    """A ledger or lease file that cannot be used: missing, corrupt, foreign, newer schema, or a
+    run that already exists with different partitions. The file is left exactly as it was."""
+
+    exit_code = EXIT_VERIFY
+    default_hint = ("point evalcore at the run's own ledger.db, or choose a new work directory; "
+                    "evalcore never modifies a file it does not recognise")
+
+
+class LeaseError(EvalcoreError, ValueError):
+    """A GPU request that can never be met on this host (more GPUs than exist, none declared)."""
+
+    exit_code = EXIT_USAGE
+    default_hint = "lower the model's GPU count or make more GPUs visible (CUDA_VISIBLE_DEVICES)"

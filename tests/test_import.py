@@ -139,3 +139,23 @@ def test_corrupt_index_is_a_clear_error(tmp_path, env):
     assert r.returncode == 3 and "is not a cachekit index" in r.stderr
     assert (store / "index.db").read_bytes() == b"this is not sqlite" * 100
     os.remove(store / "index.db")
+
+
+def test_link_import_is_zero_copy(tmp_path, env):
+    bundle = prefetch_local(tmp_path, env)
+    r = run_cli("cachekit", "import", bundle, "--link", env=env)
+    assert r.returncode == 0, r.stderr
+    blobs = list((Path(env["HF_HOME"]) / "hub/models--testorg--small/blobs").iterdir())
+    assert len(blobs) == 3 and all(b.stat().st_nlink == 2 for b in blobs)
+    objects = {p.stat().st_ino for p in (bundle / "objects").rglob("*") if p.is_file()}
+    assert {b.stat().st_ino for b in blobs} == objects
+
+
+def test_link_import_still_refuses_corrupt_objects(tmp_path, env):
+    bundle = prefetch_local(tmp_path, env)
+    weights = objects_of(bundle)["weights.bin"]
+    weights.write_bytes(b"x" * weights.stat().st_size)
+    r = run_cli("cachekit", "import", bundle, "--link", env=env)
+    assert r.returncode == 3 and "weights.bin" in r.stderr
+    assert tree_state(Path(env["HF_HOME"]) / "hub") in ({}, {"": ("dir",)}) or \
+        not any((Path(env["HF_HOME"]) / "hub").rglob("blobs"))

@@ -1,0 +1,825 @@
+"""The Hugging Face backend: a causal LM from `transformers`, scored exactly as
+lm-evaluation-harness 0.4.13 `HFLM` scores it, and answered greedily.
+
+This is the only evalcore module that imports torch and transformers; it is imported only when a
+model is loaded (`evalcore.backends.load_backend`).
+
+Log-likelihood semantics (lm-eval 0.4.13 `TemplateLM.loglikelihood`, `HFLM._loglikelihood_tokens`):
+trailing whitespace of the context moves to the continuation; the continuation's token ids are
+`encode(context + continuation)[len(encode(context)):]`; an empty context becomes the tokenizer's
+BOS (else EOS) token; the model input is `(context + continuation)[-(max_length + 1):][:-1]`;
+the score is the sum of the continuation tokens' log-softmax, and `greedy` says whether every
+continuation token is the argmax.
+
+The fast path packs all continuations that share a context into one row,
+`context | cont1[:-1] | cont2[:-1] | ...`, with a 4D attention mask (a token sees the context and
+the earlier tokens of its own continuation; padding sees only itself) and position ids that
+restart after the context for every continuation. The LM head and the float32 log-softmax run
+only at the positions that predict continuation tokens. A probe on first use checks, per model,
+that this gives the plain per-pair numbers; where it does not (attention implementations or
+architectures that ignore a custom 4D mask or position ids) scoring falls back to the plain path.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from .base import (
+    BackendError,
+    GenRequest,
+    LoglikRequest,
+    LoglikResult,
+    ModelNotCachedError,
+    ModelSettings,
+    prefetch_hint,
+)
+
+DEFAULT_MAX_LENGTH = 2048          # lm-eval's default when neither config nor tokenizer says
+TOKENIZER_INFINITY = 1000000000000000019884624838656
+CPU_TOKEN_BUDGET = 256             # padded tokens per packed forward pass; fastest measured on CPU
+CPU_AUTO_BATCH = 8                 # "auto" batch size on CPU
+GPU_AUTO_BATCH = 64                # "auto" start on GPU (lm-eval's max_batch_size), halved on OOM
+PACKED_ATTENTION = {"sdpa": "bool", "eager": "float"}   # implementation -> 4D mask kind it takes
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model",
+    "sentencepiece.bpe.model", "chat_template.jinja", "chat_template.json",
+)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".msgpack", ".h5")
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+TOKENIZER_ATTRS = ("padding_side", "truncation_side")   # set on the tokenizer, not passed to it
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_BOOL_WORDS = {"true": True, "false": False}
+
+
+# ----------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _offline() -> bool:
+    """Whether the Hugging Face libraries were told to stay offline (read from the environment)."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}:
+            return True
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover
+        return False
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def _coerce(value: Any) -> Any:
+    """`--model-kwargs k=v` may hand over 'True'/'False' as strings; make those booleans."""
+    if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.strip().lower()]
+    return value
+
+
+def _sha256_bytes(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "little"))
+        h.update(p)
+    return h.hexdigest()
+
+
+def _sha256_file(path: Path, h: Any = None) -> str:
+    own = h is None
+    h = hashlib.sha256() if own else h
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        chain.append(exc)
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def _cuda_oom() -> type[BaseException]:
+    return getattr(torch.cuda, "OutOfMemoryError", RuntimeError)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a model or tokenizer comes from: a local folder, or a hub repo id (+ revision)."""
+
+    name: str
+    revision: str | None
+    local: bool
+
+    @classmethod
+    def resolve(cls, name: str, revision: str | None, what: str) -> _Source:
+        expanded = os.path.expanduser(name)
+        if os.path.isdir(expanded):
+            return cls(str(Path(expanded).resolve()), revision, True)
+        looks_like_path = (name.startswith(("/", "./", "../", "~", "\\")) or name.count("/") > 1
+                           or os.sep in name.replace("/", "") or not _REPO_ID.match(name))
+        if looks_like_path:
+            raise BackendError(f"{what} folder not found: {name}",
+                               hint="give an existing folder, or a hub repo id such as ORG/NAME")
+        return cls(name, revision, False)
+
+    def snapshot_folder(self, cache_dir: str | None) -> Path | None:
+        """The folder the files were read from: the local folder, or the hub cache snapshot."""
+        if self.local:
+            return Path(self.name)
+        from huggingface_hub import try_to_load_from_cache
+
+        for probe in ("config.json", "tokenizer_config.json", "tokenizer.json"):
+            found = try_to_load_from_cache(self.name, probe, cache_dir=cache_dir, revision=self.revision)
+            if isinstance(found, str):
+                return Path(found).parent
+        return None
+
+
+def _load_error(exc: BaseException, source: _Source, what: str) -> BackendError:
+    """Turn a transformers / huggingface_hub loading failure into a BackendError with a hint."""
+    from huggingface_hub import errors as hub_errors
+
+    chain = _exception_chain(exc)
+    rev = f" at revision {source.revision}" if source.revision else ""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if source.local:
+        return BackendError(f"cannot load {what} from {source.name}: {detail}",
+                            hint="the folder must hold a transformers checkpoint (config.json, weights, tokenizer files)")
+    if any(isinstance(e, hub_errors.RevisionNotFoundError) for e in chain):
+        return ModelNotCachedError(f"{what} {source.name}: revision {source.revision} not found",
+                                   hint=prefetch_hint(source.name))
+    missing = (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled,
+               hub_errors.RepositoryNotFoundError, hub_errors.EntryNotFoundError)
+    not_cached = any(isinstance(e, missing) for e in chain) or (
+        isinstance(exc, OSError) and re.search(r"couldn't connect|not a valid model identifier|"
+                                               r"cached files|does not appear to have", str(exc)))
+    if not_cached:
+        mode = "offline (HF_HUB_OFFLINE=1)" if _offline() else "and could not be downloaded"
+        return ModelNotCachedError(
+            f"{what} {source.name}{rev} is not in the local Hugging Face cache, {mode}",
+            hint=prefetch_hint(source.name))
+    return BackendError(f"cannot load {what} {source.name}{rev}: {detail}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Token-level work items
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """One (context, continuation) to score, as token ids; `key` indexes the result."""
+
+    key: tuple[int, int]
+    ctx: tuple[int, ...]
+    cont: tuple[int, ...]
+    merged: bool            # encode(context + continuation) does not start with encode(context)
+
+
+@dataclass(frozen=True)
+class _Row:
+    """A packed row: one context followed by several continuations (each without its last token)."""
+
+    ctx: tuple[int, ...]
+    pairs: tuple[_Pair, ...]
+
+    @property
+    def length(self) -> int:
+        return len(self.ctx) + sum(len(p.cont) - 1 for p in self.pairs)
+
+
+class _StopOnStrings(transformers.StoppingCriteria):
+    """Marks a row done once its generated text contains one of its stop strings."""
+
+    def __init__(self, tokenizer: Any, stops: Sequence[Sequence[str]], start: int) -> None:
+        self.tokenizer = tokenizer
+        self.stops = [tuple(s for s in row if s) for row in stops]
+        self.start = start
+        self.done = [False] * len(self.stops)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        generated = input_ids[:, self.start:].tolist()
+        for i, (ids, stops) in enumerate(zip(generated, self.stops, strict=True)):
+            if not self.done[i] and stops:
+                text = self.tokenizer.decode(ids, skip_special_tokens=False)
+                self.done[i] = any(s in text for s in stops)
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+
+
+def cut_at_stops(text: str, stops: Sequence[str]) -> str:
+    """lm-eval's `postprocess_generated_text`: split at each stop string in turn, keep the head."""
+    for term in stops:
+        if term:
+            text = text.split(term)[0]
+    return text
+
+
+# ----------------------------------------------------------------------------------------------
+# The backend
+
+
+class HFBackend:
+    """A `transformers` causal LM behind the evalcore `Backend` protocol.
+
+    `packed` (default True) enables the shared-context fast path for multiple-choice requests;
+    `token_budget` caps the padded tokens per packed forward pass (default 256 on CPU, no cap on
+    GPU, where the batch size limits rows instead).
+    """
+
+    def __init__(self, settings: ModelSettings, *, packed: bool = True,
+                 token_budget: int | None = None) -> None:
+        self.settings = settings
+        self.packed = packed
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        self._model_kwargs = {k: _coerce(v) for k, v in settings.model_kwargs.items()}
+        self._tokenizer_kwargs = {k: _coerce(v) for k, v in settings.tokenizer_kwargs.items()}
+        self._cache_dir = self._model_kwargs.get("cache_dir")
+        self._trust = bool(self._model_kwargs.pop("trust_remote_code", settings.trust_remote_code))
+        self._model_src = _Source.resolve(settings.path, settings.revision, "model")
+        self._tok_src = (_Source.resolve(settings.tokenizer_path, settings.tokenizer_revision, "tokenizer")
+                         if settings.tokenizer_path else self._model_src)
+        self.tokenizer = self._load_tokenizer()
+        self.model = self._load_model()
+        self.device = self.model.get_input_embeddings().weight.device
+        self._on_cuda = self.device.type == "cuda"
+        self.max_length = settings.max_seq_len or self._resolve_max_length()
+        self._rows = self._initial_rows()
+        self._token_budget = token_budget if token_budget is not None else (
+            None if self._on_cuda else CPU_TOKEN_BUDGET)
+        if not settings.batch_padding:
+            self._rows, self._token_budget = 1, None
+        self._pack_mode: str | None = None       # "hidden" | "logits" | "off", decided by a probe
+        self.packed_fallback_reason: str | None = None
+        self._identity: dict[str, Any] | None = None
+        self._closed = False
+
+    # -- loading --------------------------------------------------------------------------------
+
+    def _load_tokenizer(self) -> Any:
+        kwargs = dict(self._tokenizer_kwargs)
+        attrs = {k: kwargs.pop(k) for k in TOKENIZER_ATTRS if k in kwargs}
+        if "truncation" in kwargs and isinstance(kwargs["truncation"], str):
+            attrs.setdefault("truncation_side", kwargs.pop("truncation"))   # OpenCompass style
+        kwargs.setdefault("trust_remote_code", self._trust)
+        if self._tok_src.revision and not self._tok_src.local:
+            kwargs["revision"] = self._tok_src.revision
+        if not self._tok_src.local and _offline():
+            kwargs["local_files_only"] = True
+        if self._cache_dir and not self._tok_src.local:
+            kwargs.setdefault("cache_dir", self._cache_dir)
+        self._add_bos = kwargs.get("add_bos_token")
+        try:
+            tok = AutoTokenizer.from_pretrained(self._tok_src.name, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - every loading failure becomes one clear error
+            raise _load_error(exc, self._tok_src, "tokenizer") from exc
+        for k, v in attrs.items():
+            setattr(tok, k, v)
+        # lm-eval's configure_pad_token, without adding tokens to the vocabulary
+        if tok.pad_token_id is None:
+            for name in ("unk_token_id", "eos_token_id", "bos_token_id"):
+                if getattr(tok, name, None) is not None:
+                    tok.pad_token_id = getattr(tok, name)
+                    break
+        return tok
+
+    def _load_model(self) -> Any:
+        s = self.settings
+        kwargs = dict(self._model_kwargs)
+        if "torch_dtype" in kwargs:
+            kwargs.setdefault("dtype", kwargs.pop("torch_dtype"))
+        dtype = kwargs.pop("dtype", s.dtype)
+        if isinstance(dtype, str) and dtype != "auto":
+            if dtype.lower() not in DTYPES:
+                raise BackendError(f"unknown dtype {dtype!r}",
+                                   hint=f"use one of auto, {', '.join(sorted(DTYPES))}")
+            dtype = DTYPES[dtype.lower()]
+        device_map = kwargs.pop("device_map", s.device_map)
+        if not self._model_src.local:
+            if self._model_src.revision:
+                kwargs["revision"] = self._model_src.revision
+            if _offline():
+                kwargs["local_files_only"] = True
+        if device_map is None and s.device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendError(f"device {s.device!r} requested but no CUDA GPU is visible",
+                               hint="use --device cpu, or check CUDA_VISIBLE_DEVICES")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                self._model_src.name, dtype=dtype, trust_remote_code=self._trust,
+                **({"device_map": device_map} if device_map is not None else {}), **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise _load_error(exc, self._model_src, "model") from exc
+        if device_map is None:
+            model = model.to(s.device)
+        model.eval()
+        return model
+
+    def _resolve_max_length(self) -> int:
+        """lm-eval's resolve_max_length: text config, config, tokenizer, then 2048."""
+        config = self.model.config
+        cfg = getattr(config, "text_config", None) or config
+        for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+            value = getattr(cfg, attr, None)
+            if value is not None:
+                return int(value)
+        mml = getattr(self.tokenizer, "model_max_length", None)
+        if mml is not None and mml != TOKENIZER_INFINITY:
+            return int(mml)
+        return DEFAULT_MAX_LENGTH
+
+    def _initial_rows(self) -> int:
+        bs = self.settings.batch_size
+        if bs == "auto":
+            return GPU_AUTO_BATCH if self._on_cuda else CPU_AUTO_BATCH
+        return int(bs)
+
+    # -- tokenization (lm-eval semantics) -------------------------------------------------------
+
+    @property
+    def prefix_token_id(self) -> int:
+        """The token an empty context becomes: BOS, else EOS (lm-eval's prefix_token_id)."""
+        tok = self.tokenizer
+        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+    def tok_encode(self, text: str, add_special_tokens: bool | None = None) -> list[int]:
+        """lm-eval's HFLM.tok_encode: the tokenizer's own special-token default unless told."""
+        kwargs: dict[str, bool] = {}
+        if add_special_tokens is not None:
+            kwargs["add_special_tokens"] = add_special_tokens
+        elif self._add_bos is not None:
+            kwargs["add_special_tokens"] = bool(self._add_bos)
+        if add_special_tokens is None and self.prefix_token_id is not None:
+            prefix = self.tokenizer.decode(self.prefix_token_id)
+            if prefix and text.startswith(prefix):
+                kwargs["add_special_tokens"] = False
+        return list(self.tokenizer.encode(text, **kwargs))
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Context and continuation token ids exactly as lm-eval 0.4.13 builds them."""
+        ctx, cont, _ = self._encode_pair(context, continuation)
+        return ctx, cont
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int], bool]:
+        if context == "":
+            cont = self.tok_encode(continuation, add_special_tokens=False)
+            if cont and cont[0] == self.prefix_token_id:
+                return cont[:1], cont[1:], False
+            return [self.prefix_token_id], cont, False
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces > 0:
+            continuation = context[-n_spaces:] + continuation
+            context = context[:-n_spaces]
+        whole = self.tok_encode(context + continuation)
+        ctx = self.tok_encode(context)
+        return ctx, whole[len(ctx):], whole[:len(ctx)] != ctx
+
+    # -- log-likelihood -------------------------------------------------------------------------
+
+    def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[LoglikResult]:
+        """Score every continuation of every request; results in request order."""
+        self._check_open()
+        scores: dict[tuple[int, int], tuple[float, bool, int]] = {}
+        pairs: list[_Pair] = []
+        for i, req in enumerate(requests):
+            for j, continuation in enumerate(req.continuations):
+                ctx, cont, merged = self._encode_pair(req.context, continuation)
+                if not cont:
+                    scores[(i, j)] = (0.0, True, 0)      # nothing to score: log 1
+                    continue
+                if len(cont) > self.max_length:
+                    raise BackendError(f"continuation of request {i} has {len(cont)} tokens, more than "
+                                       f"the model's maximum length {self.max_length}")
+                pairs.append(_Pair((i, j), tuple(ctx), tuple(cont), merged))
+        plain = pairs
+        if self.packed and pairs and self._packing_available():
+            rows, plain = self._plan_rows(pairs)
+            self._score_rows(rows, scores)
+        self._score_plain(plain, scores)
+        out = []
+        for i, req in enumerate(requests):
+            cols = [scores[(i, j)] for j in range(len(req.continuations))]
+            out.append(LoglikResult(tuple(float(c[0]) for c in cols), tuple(bool(c[1]) for c in cols),
+                                    tuple(int(c[2]) for c in cols)))
+        return out
+
+    def _fits_unpacked(self, pair: _Pair) -> bool:
+        return len(pair.ctx) + len(pair.cont) <= self.max_length + 1
+
+    def _row_cap(self) -> int:
+        cap = self.max_length
+        window = getattr(self.model.config, "sliding_window", None)
+        if isinstance(window, int) and window > 0 and getattr(self.model.config, "use_sliding_window", True):
+            cap = min(cap, window)
+        return cap
+
+    def _plan_rows(self, pairs: list[_Pair]) -> tuple[list[_Row], list[_Pair]]:
+        """Group pairs by context ids into packed rows; the rest goes to the plain path."""
+        cap = self._row_cap()
+        groups: dict[tuple[int, ...], list[_Pair]] = {}
+        plain: list[_Pair] = []
+        for p in pairs:
+            if p.merged or not self._fits_unpacked(p) or len(p.ctx) + len(p.cont) - 1 > cap:
+                plain.append(p)          # merged across the boundary, truncated, or too long
+            else:
+                groups.setdefault(p.ctx, []).append(p)
+        rows: list[_Row] = []
+        for ctx, members in groups.items():
+            if len(members) < 2:
+                plain.extend(members)
+                continue
+            chunk: list[_Pair] = []
+            length = len(ctx)
+            for p in members:
+                if chunk and length + len(p.cont) - 1 > cap:
+                    rows.append(_Row(ctx, tuple(chunk)))
+                    chunk, length = [], len(ctx)
+                chunk.append(p)
+                length += len(p.cont) - 1
+            rows.append(_Row(ctx, tuple(chunk)))
+        return rows, plain
+
+    def _score_rows(self, rows: list[_Row], scores: dict) -> None:
+        rows = sorted(rows, key=lambda r: (-r.length, r.ctx))
+        self._run_batches(rows, [r.length for r in rows], lambda batch: self._forward_rows(batch, scores),
+                          use_budget=True)
+
+    def _packed_inputs(self, rows: Sequence[_Row]) -> tuple[torch.Tensor, ...]:
+        """input ids, 4D mask, position ids and the gather plan for a batch of packed rows."""
+        T = max(r.length for r in rows)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(rows), T), pad, dtype=torch.long)
+        seg = torch.full((len(rows), T), -1, dtype=torch.long)
+        pos = torch.zeros((len(rows), T), dtype=torch.long)
+        b_idx: list[int] = []
+        t_idx: list[int] = []
+        targets: list[int] = []
+        for b, row in enumerate(rows):
+            C = len(row.ctx)
+            ids[b, :C] = torch.tensor(row.ctx)
+            seg[b, :C] = 0
+            pos[b, :C] = torch.arange(C)
+            off = C
+            for j, p in enumerate(row.pairs, start=1):
+                n = len(p.cont) - 1
+                if n:
+                    ids[b, off:off + n] = torch.tensor(p.cont[:-1])
+                    seg[b, off:off + n] = j
+                    pos[b, off:off + n] = torch.arange(C, C + n)
+                b_idx.extend([b] * (n + 1))
+                t_idx.append(C - 1)
+                t_idx.extend(range(off, off + n))
+                targets.extend(p.cont)
+                off += n
+        ar = torch.arange(T)
+        causal = ar[None, :] <= ar[:, None]                              # [q, k]
+        sq, sk = seg[:, :, None], seg[:, None, :]
+        allowed = causal[None] & (sk >= 0) & ((sk == 0) | (sk == sq))     # [B, q, k]
+        allowed = torch.where(sq < 0, torch.eye(T, dtype=torch.bool)[None], allowed)
+        mask = allowed[:, None]                                          # [B, 1, q, k]
+        if PACKED_ATTENTION.get(self._attn_impl()) == "float":
+            dtype = self.model.dtype
+            mask = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+        return (ids.to(self.device), mask.to(self.device), pos.to(self.device),
+                torch.tensor(b_idx), torch.tensor(t_idx), torch.tensor(targets))
+
+    def _packed_logits(self, rows: Sequence[_Row], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float32 logits at every position that predicts a continuation token, and the targets."""
+        ids, mask, pos, b_idx, t_idx, targets = self._packed_inputs(rows)
+        with torch.inference_mode():
+            if mode == "hidden":
+                hidden = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                               use_cache=False).last_hidden_state
+                picked = hidden[b_idx.to(hidden.device), t_idx.to(hidden.device)]
+                logits = self.model.get_output_embeddings()(picked)
+            else:
+                full = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                  use_cache=False).logits
+                logits = full[b_idx.to(full.device), t_idx.to(full.device)]
+        return logits.float(), targets
+
+    def _forward_rows(self, rows: Sequence[_Row], scores: dict) -> None:
+        logits, targets = self._packed_logits(rows, self._pack_mode or "hidden")
+        self._collect(logits, targets, [p for r in rows for p in r.pairs], scores)
+
+    @staticmethod
+    def _collect(logits: torch.Tensor, targets: torch.Tensor, pairs: Sequence[_Pair], scores: dict) -> None:
+        with torch.inference_mode():
+            logp = F.log_softmax(logits, dim=-1)
+            targets = targets.to(logp.device)
+            token_lp = logp.gather(1, targets[:, None]).squeeze(1).cpu()
+            hit = (logp.argmax(dim=-1) == targets).cpu()
+        start = 0
+        for p in pairs:
+            end = start + len(p.cont)
+            scores[p.key] = (float(token_lp[start:end].sum()), bool(hit[start:end].all()), len(p.cont))
+            start = end
+
+    def _score_plain(self, pairs: list[_Pair], scores: dict) -> None:
+        """lm-eval's _loglikelihood_tokens: longest first, right padding, no attention mask."""
+        pairs = sorted(pairs, key=lambda p: (-(len(p.ctx) + len(p.cont)), p.ctx + p.cont))
+        lengths = [min(len(p.ctx) + len(p.cont) - 1, self.max_length) for p in pairs]
+        self._run_batches(pairs, lengths, lambda batch: self._forward_plain(batch, scores), use_budget=False)
+
+    def _forward_plain(self, pairs: Sequence[_Pair], scores: dict) -> None:
+        inps = [(p.ctx + p.cont)[-(self.max_length + 1):][:-1] for p in pairs]
+        T = max(len(x) for x in inps)
+        ids = torch.zeros((len(inps), T), dtype=torch.long)
+        for b, x in enumerate(inps):
+            ids[b, :len(x)] = torch.tensor(x)
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids.to(self.device), use_cache=False).logits
+            b_idx, t_idx, targets = [], [], []
+            for b, (x, p) in enumerate(zip(inps, pairs, strict=True)):
+                n = len(p.cont)
+                b_idx.extend([b] * n)
+                t_idx.extend(range(len(x) - n, len(x)))
+                targets.extend(p.cont)
+            picked = logits[torch.tensor(b_idx, device=logits.device), torch.tensor(t_idx, device=logits.device)]
+        self._collect(picked.float(), torch.tensor(targets), pairs, scores)
+
+    # -- the packing probe ----------------------------------------------------------------------
+
+    def _attn_impl(self) -> str:
+        return str(getattr(self.model.config, "_attn_implementation", None) or "eager")
+
+    def _packing_available(self) -> bool:
+        if self._pack_mode is None:
+            self._pack_mode, self.packed_fallback_reason = self._probe_packing()
+        return self._pack_mode != "off"
+
+    def _probe_packing(self) -> tuple[str, str | None]:
+        """Check, on this model, that packed rows give the per-pair logits; pick the cheapest way."""
+        impl = self._attn_impl()
+        if impl not in PACKED_ATTENTION:
+            return "off", f"attention implementation {impl!r} does not take a custom 4D mask"
+        if getattr(self.model.config, "is_encoder_decoder", False):
+            return "off", "encoder-decoder model"
+        ctx = tuple(self.tok_encode("The probe context: a fox jumps over the lazy dog and"))
+        conts = [tuple(self.tok_encode(" then it runs far away")), tuple(self.tok_encode(" sleeps")),
+                 tuple(self.tok_encode(" eats an apple"))]
+        conts = [c for c in conts if len(c) >= 1] or [(ctx[-1],)]
+        pairs = [_Pair((0, j), ctx, c, False) for j, c in enumerate(conts)]
+        rows = [_Row(ctx, tuple(pairs)), _Row(ctx[:4], (_Pair((1, 0), ctx[:4], conts[0], False),))]
+        reference = []
+        with torch.inference_mode():
+            for row in rows:
+                for p in row.pairs:
+                    ids = torch.tensor([list(row.ctx + p.cont[:-1])], device=self.device)
+                    full = self.model(input_ids=ids, use_cache=False).logits[0]
+                    reference.append(full[len(row.ctx) - 1:].float())
+        reference = torch.cat(reference)
+        tol = 1e-3 if self.model.dtype == torch.float32 else 3e-2
+        reasons = []
+        for mode in ("hidden", "logits"):
+            try:
+                got, _ = self._packed_logits(rows, mode)
+            except Exception as exc:  # noqa: BLE001 - any failure means this way does not work here
+                reasons.append(f"{mode}: {type(exc).__name__}: {exc}")
+                continue
+            err = float((got - reference).norm() / reference.norm().clamp_min(1e-12))
+            if got.shape == reference.shape and err < tol:
+                return mode, None
+            reasons.append(f"{mode}: relative logit error {err:.2e}")
+        model_type = getattr(self.model.config, "model_type", "?")
+        return "off", (f"model type {model_type!r} with {impl!r} attention does not honour the packed "
+                       f"4D mask / position ids ({'; '.join(reasons)})")
+
+    # -- batching with OOM back-off -------------------------------------------------------------
+
+    def _run_batches(self, items: Sequence[Any], lengths: Sequence[int], run: Callable[[Sequence[Any]], None],
+                     *, use_budget: bool) -> None:
+        """Run `items` (sorted longest first) in batches; on GPU 'auto', halve and retry on OOM."""
+        oom = _cuda_oom()
+        i = 0
+        while i < len(items):
+            n = self._batch_len(lengths, i, use_budget)
+            try:
+                run(items[i:i + n])
+            except oom as exc:
+                if not self._shrink(n):
+                    raise BackendError(f"out of GPU memory with a batch of {n} at {lengths[i]} tokens",
+                                       hint="lower --batch-size or use --batch-size auto") from exc
+                continue
+            i += n
+
+    def _batch_len(self, lengths: Sequence[int], i: int, use_budget: bool) -> int:
+        budget = self._token_budget if use_budget else None
+        rows_cap = self._rows if (not use_budget or budget is None) else len(lengths)
+        longest = max(lengths[i], 1)
+        n = 1
+        while i + n < len(lengths) and n < rows_cap and (budget is None or (n + 1) * longest <= budget):
+            n += 1
+        return n
+
+    def _shrink(self, n: int) -> bool:
+        if self.settings.batch_size != "auto" or not self._on_cuda or n <= 1:
+            return False
+        gc.collect()
+        torch.cuda.empty_cache()
+        self._rows = max(1, min(self._rows, n) // 2)
+        if self._token_budget is not None:
+            self._token_budget = max(1, self._token_budget // 2)
+        return True
+
+    # -- generation -----------------------------------------------------------------------------
+
+    def format_chat(self, text: str) -> str:
+        """`text` as one user turn in the tokenizer's chat template, with the generation prompt."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise BackendError(f"tokenizer of {self.settings.path} has no chat template",
+                               hint="drop --chat-template, or use a tokenizer that has one")
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def _encode_prompt(self, prompt: str) -> list[int]:
+        if self.settings.chat_template:
+            return list(self.tokenizer.encode(self.format_chat(prompt), add_special_tokens=False))
+        # lm-eval's tok_batch_encode, decided per prompt rather than by the batch's first prompt
+        bos = getattr(self.tokenizer, "bos_token", None)
+        if bos and prompt.startswith(bos):
+            return list(self.tokenizer.encode(prompt, add_special_tokens=False))
+        if self._add_bos is not None:
+            return list(self.tokenizer.encode(prompt, add_special_tokens=bool(self._add_bos)))
+        return list(self.tokenizer.encode(prompt))
+
+    def _eos_ids(self) -> list[int]:
+        ids: set[int] = set()
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        for value in (gen_eos, self.tokenizer.eos_token_id):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(int(v) for v in value)
+        return sorted(ids)
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[str]:
+        """Greedy completions (left padding, longest first), cut at the first stop string / EOS."""
+        self._check_open()
+        encoded = [self._encode_prompt(r.prompt) for r in requests]
+        out: list[str | None] = [None] * len(requests)
+        by_budget: dict[int, list[int]] = {}
+        for i, r in enumerate(requests):
+            if r.max_new_tokens < 1:
+                out[i] = ""
+                continue
+            by_budget.setdefault(r.max_new_tokens, []).append(i)
+        for max_new, idx in by_budget.items():
+            max_ctx = self.max_length - max_new
+            if max_ctx <= 0:
+                raise BackendError(f"max_new_tokens {max_new} leaves no room for the prompt in the "
+                                   f"model's maximum length {self.max_length}")
+            idx.sort(key=lambda i: (-len(encoded[i]), requests[i].prompt))
+            lengths = [min(len(encoded[i]), max_ctx) for i in idx]
+
+            def run(batch: Sequence[int], max_new: int = max_new, max_ctx: int = max_ctx) -> None:
+                texts = self._generate_batch([encoded[i][-max_ctx:] for i in batch],
+                                             [requests[i].stop for i in batch], max_new)
+                for i, text in zip(batch, texts, strict=True):
+                    out[i] = text
+
+            self._run_batches(idx, lengths, run, use_budget=False)
+        return [o if o is not None else "" for o in out]
+
+    def _generate_batch(self, prompts: list[list[int]], stops: list[tuple[str, ...]], max_new: int) -> list[str]:
+        T = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(prompts), T), pad, dtype=torch.long)
+        attn = torch.zeros((len(prompts), T), dtype=torch.long)
+        for b, p in enumerate(prompts):
+            if p:
+                ids[b, T - len(p):] = torch.tensor(p)
+                attn[b, T - len(p):] = 1
+        eos = self._eos_ids()
+        criteria = transformers.StoppingCriteriaList([_StopOnStrings(self.tokenizer, stops, T)])
+        with torch.inference_mode():
+            generated = self.model.generate(
+                input_ids=ids.to(self.device), attention_mask=attn.to(self.device),
+                max_new_tokens=max_new, do_sample=False, num_beams=1, temperature=None, top_p=None,
+                top_k=None, pad_token_id=pad, eos_token_id=eos or None, stopping_criteria=criteria,
+                use_cache=True)
+        texts = []
+        for row, row_stops in zip(generated[:, T:].tolist(), stops, strict=True):
+            for k, tok in enumerate(row):
+                if tok in eos:
+                    row = row[:k]
+                    break
+            texts.append(cut_at_stops(self.tokenizer.decode(row, skip_special_tokens=True), row_stops))
+        return texts
+
+    # -- identity -------------------------------------------------------------------------------
+
+    def identity(self) -> dict[str, Any]:
+        """What the answers depend on; `digest` is a sha256 over all the other fields."""
+        self._check_open()
+        if self._identity is None:
+            self._identity = self._compute_identity()
+        return dict(self._identity)
+
+    def _folder_commit(self, source: _Source) -> tuple[Path | None, str | None]:
+        folder = source.snapshot_folder(self._cache_dir)
+        commit = None
+        if folder is not None and not source.local and folder.parent.name == "snapshots":
+            commit = folder.name
+        return folder, commit
+
+    def _model_hash(self, folder: Path | None, commit: str | None) -> str:
+        if folder is None:
+            return _sha256_bytes(_canonical(self.model.config.to_dict()).encode())
+        h = hashlib.sha256()
+        h.update(f"commit={commit}\n".encode())
+        for f in sorted(folder.iterdir()):
+            if not f.is_file():
+                continue
+            if f.name.endswith(WEIGHT_SUFFIXES) or f.name.endswith(".index.json"):
+                real = Path(os.path.realpath(f))
+                if commit is not None:
+                    # in the hub cache the blob's name is its etag (sha256 for LFS files)
+                    h.update(f"{f.name}:{real.stat().st_size}:{real.name}\n".encode())
+                else:
+                    h.update(f"{f.name}:{real.stat().st_size}:".encode())
+                    _sha256_file(real, h)
+            elif f.name in ("config.json", "generation_config.json"):
+                h.update(f"{f.name}:".encode())
+                h.update(f.read_bytes())
+        return h.hexdigest()
+
+    def _tokenizer_hash(self, folder: Path | None) -> str:
+        files = [folder / n for n in TOKENIZER_FILES] if folder is not None else []
+        files = [f for f in files if f.is_file()]
+        if not files:
+            vocab = _canonical(sorted(self.tokenizer.get_vocab().items()))
+            return _sha256_bytes(vocab.encode(), _canonical(self.tokenizer.special_tokens_map).encode())
+        return _sha256_bytes(*(f.name.encode() + b"\0" + f.read_bytes() for f in files))
+
+    def _compute_identity(self) -> dict[str, Any]:
+        model_folder, model_commit = self._folder_commit(self._model_src)
+        tok_folder, tok_commit = self._folder_commit(self._tok_src)
+        template = getattr(self.tokenizer, "chat_template", None)
+        ident: dict[str, Any] = {
+            "backend": "hf",
+            "model_path": self.settings.path,
+            "model_revision": self.settings.revision,
+            "model_commit": model_commit,
+            "model_hash": self._model_hash(model_folder, model_commit),
+            "model_class": type(self.model).__name__,
+            "model_type": getattr(self.model.config, "model_type", None),
+            "dtype": str(self.model.dtype).replace("torch.", ""),
+            "tokenizer_path": self.settings.tokenizer_path or self.settings.path,
+            "tokenizer_commit": tok_commit,
+            "tokenizer_class": type(self.tokenizer).__name__,
+            "tokenizer_hash": self._tokenizer_hash(tok_folder),
+            "chat_template": bool(self.settings.chat_template),
+            "chat_template_hash": _sha256_bytes(_canonical(template).encode()) if template else None,
+            "max_length": self.max_length,
+            "model_kwargs": json.loads(_canonical(self._model_kwargs)),
+            "tokenizer_kwargs": json.loads(_canonical(self._tokenizer_kwargs)),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        }
+        ident["digest"] = hashlib.sha256(_canonical(ident).encode()).hexdigest()
+        return ident
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError("this backend was closed", hint="load the model again")
+
+    def close(self) -> None:
+        """Drop the model and tokenizer and free their memory."""
+        if self._closed:
+            return
+        self._closed = True
+        self.model = None
+        self.tokenizer = None
+        gc.collect()
+        if self._on_cuda:
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> HFBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

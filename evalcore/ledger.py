@@ -1,0 +1,494 @@
+"""The run ledger (one SQLite file per work directory): runs, partitions, samples, results.
+
+Workers in many processes share it. A worker claims a partition (one atomic
+`UPDATE ... RETURNING` inside `BEGIN IMMEDIATE`), which gives it a fresh random token and a lease
+that it renews by heartbeat. Every later write for that partition (samples, complete, fail)
+matches on the partition id AND the token AND status 'running', checked inside the writing
+transaction; a False return means the claim was lost (the lease expired and someone else took
+the partition), and nothing was changed. Samples are one row per finished sample, keyed by
+index, so a re-run of a crashed partition skips what is done and never records a sample twice.
+
+Time is always a parameter (`now`, epoch seconds): nothing here reads the clock, so lease expiry
+is tested without sleeping.
+
+Tables: runs, partitions (status, attempts, claim, lease, last error, timings), attempts (one row
+per claim: who, when, outcome, error — the history that `requeue` keeps), samples, results,
+loads (every model load a worker did).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import db
+from .errors import LedgerError
+
+APPLICATION_ID = 0x4556434C  # "EVCL"
+STATUSES = ("pending", "running", "done", "failed")
+RUN_STATUSES = ("running", "done", "failed", "interrupted")
+PAGE = 1000  # rows per read when iterating samples
+
+
+@dataclass(frozen=True)
+class PartitionRow:
+    """One unit of work as the planner produced it. `key_hash` covers everything the answers
+    depend on (model commit, dtype, tokenizer/template, prompt spec, data, generation settings)."""
+
+    partition_id: str
+    model_key: str
+    dataset_key: str
+    key_hash: str
+    key_json: str
+    spec_json: str
+    sample_start: int
+    sample_end: int  # exclusive
+    cost: float
+    n_gpus: int = 1
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A partition this worker holds until `expires_at` (renew with `heartbeat`)."""
+
+    run_id: str
+    partition_id: str
+    token: str
+    attempt: int
+    model_key: str
+    dataset_key: str
+    key_hash: str
+    spec_json: str
+    sample_start: int
+    sample_end: int
+    n_gpus: int
+    expires_at: float
+
+
+def _v1(conn: sqlite3.Connection) -> None:
+    """Schema 1. Plain SQL where a CHECK is needed, sqlite-utils for the rest."""
+    import sqlite_utils
+
+    d = sqlite_utils.Database(conn, execute_plugins=False)
+    d.create_table("runs", {"run_id": str, "created_at": float, "updated_at": float, "work_dir": str,
+                            "plan_json": str, "argv_json": str, "status": str, "partitions_hash": str,
+                            "n_partitions": int},
+                   pk="run_id", not_null={"created_at", "work_dir", "plan_json", "argv_json", "status",
+                                          "partitions_hash", "n_partitions"})
+    conn.execute("""
+        CREATE TABLE partitions (
+            run_id TEXT NOT NULL REFERENCES runs(run_id),
+            partition_id TEXT NOT NULL,
+            model_key TEXT NOT NULL,
+            dataset_key TEXT NOT NULL,
+            key_hash TEXT NOT NULL,
+            key_json TEXT NOT NULL,
+            spec_json TEXT NOT NULL,
+            sample_start INTEGER NOT NULL,
+            sample_end INTEGER NOT NULL,
+            n_samples INTEGER NOT NULL,
+            n_done INTEGER NOT NULL DEFAULT 0,
+            cost REAL NOT NULL,
+            n_gpus INTEGER NOT NULL DEFAULT 1 CHECK (n_gpus >= 0),
+            status TEXT NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending', 'running', 'done', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            max_attempts INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
+            claim_token TEXT,
+            claimed_by TEXT,
+            pid INTEGER,
+            host TEXT,
+            heartbeat_at REAL,
+            expires_at REAL,
+            error_class TEXT,
+            error_message TEXT,
+            error_traceback TEXT,
+            started_at REAL,
+            finished_at REAL,
+            PRIMARY KEY (run_id, partition_id),
+            CHECK (sample_end >= sample_start AND n_samples = sample_end - sample_start)
+        )""")
+    # The claim order is an index walk: pending rows of one run, by model, dataset, start.
+    d["partitions"].create_index(["run_id", "status", "model_key", "dataset_key", "sample_start",
+                                  "partition_id"], index_name="partitions_claim")
+    d["partitions"].create_index(["run_id", "status", "expires_at"], index_name="partitions_expiry")
+    conn.execute("""
+        CREATE TABLE attempts (
+            token TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            partition_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            worker TEXT,
+            pid INTEGER,
+            host TEXT,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            outcome TEXT NOT NULL DEFAULT 'running'
+                CHECK (outcome IN ('running', 'done', 'retry', 'failed', 'expired', 'requeued')),
+            error_class TEXT,
+            error_message TEXT,
+            error_traceback TEXT,
+            FOREIGN KEY (run_id, partition_id) REFERENCES partitions(run_id, partition_id)
+        )""")
+    d["attempts"].create_index(["run_id", "partition_id", "outcome"], index_name="attempts_partition")
+    d.create_table("samples", {"run_id": str, "partition_id": str, "sample_index": int,
+                               "output_json": str, "created_at": float},
+                   pk=("run_id", "partition_id", "sample_index"),
+                   not_null={"output_json", "created_at"},
+                   foreign_keys=[(("run_id", "partition_id"), "partitions", ("run_id", "partition_id"))])
+    d.create_table("results", {"run_id": str, "model_key": str, "dataset_key": str, "metric": str,
+                               "value": float, "stderr": float, "n": int},
+                   pk=("run_id", "model_key", "dataset_key", "metric"),
+                   foreign_keys=[("run_id", "runs", "run_id")])
+    d.create_table("loads", {"id": int, "run_id": str, "worker_id": str, "model_key": str,
+                             "started_at": float, "seconds": float},
+                   pk="id", not_null={"run_id", "worker_id", "model_key", "started_at", "seconds"},
+                   foreign_keys=[("run_id", "runs", "run_id")])
+    d["loads"].create_index(["run_id", "started_at"], index_name="loads_run")
+
+
+SCHEMA = db.Schema(label="run ledger", application_id=APPLICATION_ID, migrations={1: _v1})
+
+_CLAIM_COLUMNS = ("partition_id, attempts, model_key, dataset_key, key_hash, spec_json, "
+                  "sample_start, sample_end, n_gpus, expires_at")
+
+
+def partitions_hash(partitions: Sequence[PartitionRow]) -> str:
+    """A stable digest of a run's partition list (order-independent)."""
+    rows = sorted((asdict(p) for p in partitions), key=lambda r: r["partition_id"])
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _reopen(path: str) -> Ledger:
+    return Ledger(path, create=False)
+
+
+class Ledger:
+    """One process's handle on a ledger file. Safe to share between threads of one process (a
+    heartbeat thread, say); after a fork the child transparently opens its own connection."""
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+        self.path = Path(path)
+        self._h = db.Handle(self.path, create=create, schema=SCHEMA)
+        self._write = self._h.write
+        self._read = self._h.read
+
+    def __reduce__(self):  # a Ledger sent to a spawned process reopens the file there
+        return (_reopen, (str(self.path),))
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._h.close()
+
+    # ---- runs ------------------------------------------------------------------------------
+
+    def create_run(self, run_id: str, work_dir: str, plan_json: str, argv: Sequence[str],
+                   partitions: Sequence[PartitionRow], now: float) -> None:
+        """Record a run and its partitions. Calling it again with the same partitions does
+        nothing; with different ones it raises LedgerError (the plan changed under this id)."""
+        if not run_id:
+            raise ValueError("run_id must not be empty")
+        ids = [p.partition_id for p in partitions]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"run {run_id}: duplicate partition ids")
+        for p in partitions:
+            if p.sample_end < p.sample_start or p.n_gpus < 0 or p.max_attempts < 1:
+                raise ValueError(f"run {run_id}: bad partition {p.partition_id}: samples "
+                                 f"[{p.sample_start}, {p.sample_end}), n_gpus {p.n_gpus}, max_attempts {p.max_attempts}")
+        digest = partitions_hash(partitions)
+        with self._write() as conn:
+            row = conn.execute("SELECT partitions_hash, n_partitions FROM runs WHERE run_id=?", (run_id,)).fetchone()
+            if row is not None:
+                if row[0] == digest:
+                    return
+                raise LedgerError(
+                    f"run {run_id} already exists in {self.path} with different partitions "
+                    f"({row[1]} recorded, {len(partitions)} now): the plan or its settings changed",
+                    hint="resume with the original plan, or start a new run (new run id or work directory)")
+            conn.execute("INSERT INTO runs (run_id, created_at, updated_at, work_dir, plan_json, argv_json, "
+                         "status, partitions_hash, n_partitions) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+                         (run_id, now, now, str(work_dir), plan_json, json.dumps(list(argv)), digest,
+                          len(partitions)))
+            conn.executemany(
+                "INSERT INTO partitions (run_id, partition_id, model_key, dataset_key, key_hash, key_json, "
+                "spec_json, sample_start, sample_end, n_samples, cost, n_gpus, max_attempts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, p.partition_id, p.model_key, p.dataset_key, p.key_hash, p.key_json, p.spec_json,
+                  p.sample_start, p.sample_end, p.sample_end - p.sample_start, float(p.cost), p.n_gpus,
+                  p.max_attempts) for p in partitions])
+
+    def set_run_status(self, run_id: str, status: str, *, now: float) -> None:
+        if status not in RUN_STATUSES:
+            raise ValueError(f"run status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
+        with self._write() as conn:
+            conn.execute("UPDATE runs SET status=?, updated_at=? WHERE run_id=?", (status, now, run_id))
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run, oldest first, with its partition counts by status."""
+        out = []
+        for r in self._read("SELECT * FROM runs ORDER BY created_at, run_id"):
+            d = dict(r)
+            d["argv"] = json.loads(d.pop("argv_json"))
+            counts = self._read("SELECT status, count(*) FROM partitions WHERE run_id=? GROUP BY status",
+                                (d["run_id"],))
+            d["partitions"] = {s: 0 for s in STATUSES} | {c[0]: c[1] for c in counts}
+            out.append(d)
+        return out
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        return next((r for r in self.runs() if r["run_id"] == run_id), None)
+
+    # ---- claiming ---------------------------------------------------------------------------
+
+    def claim(self, run_id: str, worker_id: str, *, now: float, lease_s: float, pid: int, host: str,
+              prefer_model: str | None = None, only_models: set[str] | None = None,
+              max_gpus: int | None = None) -> Claim | None:
+        """Take the next partition: a pending one, or a running one whose lease expired (its
+        holder died). Partitions of `prefer_model` (the model this worker has loaded) first, then
+        by model, dataset, first sample. None when nothing is claimable for this worker."""
+        if only_models is not None and not only_models:
+            return None
+        params: dict[str, Any] = {"run": run_id, "now": now, "exp": now + lease_s, "worker": worker_id,
+                                  "pid": pid, "host": host, "pref": prefer_model, "gpus": max_gpus,
+                                  "token": secrets.token_hex(16)}
+        filt = ""
+        if only_models is not None:
+            names = sorted(only_models)
+            params.update({f"m{i}": m for i, m in enumerate(names)})
+            filt += f" AND model_key IN ({', '.join(f':m{i}' for i in range(len(names)))})"
+        if max_gpus is not None:
+            filt += " AND n_gpus <= :gpus"
+        pending = "run_id = :run AND status = 'pending'"
+        expired = "run_id = :run AND status = 'running' AND expires_at < :now"
+        order = "dataset_key, sample_start, partition_id"
+        picks = []
+        if prefer_model is not None:
+            picks += [f"SELECT rowid FROM partitions WHERE {cond} AND model_key = :pref{filt} ORDER BY {order} LIMIT 1"
+                      for cond in (pending, expired)]
+        picks += [f"SELECT rowid FROM partitions WHERE {cond}{filt} ORDER BY model_key, {order} LIMIT 1"
+                  for cond in (pending, expired)]
+        claim_sql = (
+            "UPDATE partitions SET status = 'running', claim_token = :token, attempts = attempts + 1, "
+            "claimed_by = :worker, pid = :pid, host = :host, heartbeat_at = :now, expires_at = :exp, "
+            "started_at = :now, finished_at = NULL "
+            f"WHERE rowid = coalesce({', '.join(f'({p})' for p in picks)}) RETURNING {_CLAIM_COLUMNS}")
+        with self._write() as conn:
+            self._give_up_expired(conn, run_id, now)
+            row = conn.execute(claim_sql, params).fetchone()
+            if row is None:
+                return None
+            claim = Claim(run_id, row[0], params["token"], row[1], row[2], row[3], row[4], row[5], row[6],
+                          row[7], row[8], row[9])
+            # The previous holder's attempt, if its lease expired, ends here.
+            conn.execute("UPDATE attempts SET outcome = 'expired', finished_at = ?, error_class = 'LeaseExpired', "
+                         "error_message = 'lease expired; partition taken over' "
+                         "WHERE run_id = ? AND partition_id = ? AND outcome = 'running'",
+                         (now, run_id, claim.partition_id))
+            conn.execute("INSERT INTO attempts (token, run_id, partition_id, attempt, worker, pid, host, started_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (claim.token, run_id, claim.partition_id, claim.attempt, worker_id, pid, host, now))
+        return claim
+
+    @staticmethod
+    def _give_up_expired(conn: sqlite3.Connection, run_id: str, now: float) -> int:
+        """Expired partitions that used up their attempts become 'failed' (LeaseExpired)."""
+        exhausted = ("run_id = :run AND status = 'running' AND expires_at < :now "
+                     "AND attempts >= max_attempts")
+        p = {"run": run_id, "now": now}
+        conn.execute("UPDATE attempts SET outcome = 'expired', finished_at = :now, error_class = 'LeaseExpired', "
+                     "error_message = 'lease expired' "
+                     f"WHERE token IN (SELECT claim_token FROM partitions WHERE {exhausted})", p)
+        cur = conn.execute(
+            "UPDATE partitions SET status = 'failed', finished_at = :now, error_class = 'LeaseExpired', "
+            "error_message = 'gave up after ' || attempts || ' attempts; last holder died (' || "
+            "coalesce(claimed_by, '?') || ' pid ' || coalesce(pid, '?') || ' on ' || coalesce(host, '?') || "
+            "', lease expired)', error_traceback = NULL "
+            f"WHERE {exhausted}", p)
+        return cur.rowcount
+
+    def heartbeat(self, run_id: str, partition_id: str, token: str, *, now: float, lease_s: float) -> bool:
+        """Extend the lease. False: the claim was lost (stop working on this partition)."""
+        with self._write() as conn:
+            cur = conn.execute("UPDATE partitions SET heartbeat_at = ?, expires_at = ? WHERE run_id = ? "
+                               "AND partition_id = ? AND claim_token = ? AND status = 'running'",
+                               (now, now + lease_s, run_id, partition_id, token))
+            return cur.rowcount == 1
+
+    def add_samples(self, run_id: str, partition_id: str, token: str, rows: Iterable[tuple[int, str]], *,
+                    now: float) -> bool:
+        """Record finished samples (index, output JSON) in one transaction, for the claim holder
+        only. A sample already recorded is kept as it was. False: the claim was lost."""
+        rows = list(rows)
+        with self._write() as conn:
+            got = conn.execute("SELECT sample_start, sample_end FROM partitions WHERE run_id = ? AND "
+                               "partition_id = ? AND claim_token = ? AND status = 'running'",
+                               (run_id, partition_id, token)).fetchone()
+            if got is None:
+                return False
+            start, end = got
+            bad = [i for i, _ in rows if not start <= i < end]
+            if bad:
+                raise ValueError(f"partition {partition_id} covers samples [{start}, {end}); got index {bad[0]}")
+            cur = conn.executemany("INSERT OR IGNORE INTO samples (run_id, partition_id, sample_index, "
+                                   "output_json, created_at) VALUES (?, ?, ?, ?, ?)",
+                                   [(run_id, partition_id, i, out, now) for i, out in rows])
+            conn.execute("UPDATE partitions SET n_done = n_done + ?, heartbeat_at = ? WHERE run_id = ? "
+                         "AND partition_id = ?", (max(cur.rowcount, 0), now, run_id, partition_id))
+            return True
+
+    def done_indices(self, run_id: str, partition_id: str) -> set[int]:
+        rows = self._read("SELECT sample_index FROM samples WHERE run_id = ? AND partition_id = ?",
+                          (run_id, partition_id))
+        return {r[0] for r in rows}
+
+    def complete(self, run_id: str, partition_id: str, token: str, *, now: float) -> bool:
+        with self._write() as conn:
+            cur = conn.execute("UPDATE partitions SET status = 'done', finished_at = ?, heartbeat_at = ?, "
+                               "error_class = NULL, error_message = NULL, error_traceback = NULL "
+                               "WHERE run_id = ? AND partition_id = ? AND claim_token = ? AND status = 'running'",
+                               (now, now, run_id, partition_id, token))
+            if cur.rowcount != 1:
+                return False
+            conn.execute("UPDATE attempts SET outcome = 'done', finished_at = ? WHERE token = ?", (now, token))
+            return True
+
+    def fail(self, run_id: str, partition_id: str, token: str, *, now: float, error_class: str,
+             message: str, traceback_tail: str, retry: bool) -> bool:
+        """Record a failure. With `retry` and attempts left, the partition goes back to pending;
+        otherwise it is 'failed'. False: the claim was lost."""
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE partitions SET status = CASE WHEN ? AND attempts < max_attempts THEN 'pending' "
+                "ELSE 'failed' END, finished_at = ?, heartbeat_at = ?, error_class = ?, error_message = ?, "
+                "error_traceback = ? WHERE run_id = ? AND partition_id = ? AND claim_token = ? "
+                "AND status = 'running' RETURNING status",
+                (int(retry), now, now, error_class, message, traceback_tail, run_id, partition_id,
+                 token)).fetchone()
+            if row is None:
+                return False
+            conn.execute("UPDATE attempts SET outcome = ?, finished_at = ?, error_class = ?, error_message = ?, "
+                         "error_traceback = ? WHERE token = ?",
+                         ("retry" if row[0] == "pending" else "failed", now, error_class, message,
+                          traceback_tail, token))
+            return True
+
+    def requeue(self, run_id: str, *, now: float) -> int:
+        """For resume: failed partitions, and running ones whose lease expired, go back to pending
+        with their attempt count reset. Their history stays in `attempts`. Returns how many."""
+        stale = "run_id = :run AND (status = 'failed' OR (status = 'running' AND expires_at < :now))"
+        p = {"run": run_id, "now": now}
+        with self._write() as conn:
+            conn.execute("UPDATE attempts SET outcome = 'requeued', finished_at = :now "
+                         "WHERE outcome = 'running' AND token IN "
+                         f"(SELECT claim_token FROM partitions WHERE {stale})", p)
+            cur = conn.execute("UPDATE partitions SET status = 'pending', attempts = 0, claim_token = NULL, "
+                               "expires_at = NULL, finished_at = NULL "
+                               f"WHERE {stale}", p)
+            conn.execute("UPDATE runs SET updated_at = :now WHERE run_id = :run", p)
+            return cur.rowcount
+
+    # ---- reading ----------------------------------------------------------------------------
+
+    def partitions(self, run_id: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._read(
+            "SELECT * FROM partitions WHERE run_id = ? ORDER BY model_key, dataset_key, sample_start, "
+            "partition_id", (run_id,))]
+
+    def attempts(self, run_id: str, partition_id: str | None = None) -> list[dict[str, Any]]:
+        """Claim history: one row per attempt, with its outcome and error."""
+        where, params = "run_id = ?", [run_id]
+        if partition_id is not None:
+            where, params = where + " AND partition_id = ?", params + [partition_id]
+        return [dict(r) for r in self._read(
+            f"SELECT * FROM attempts WHERE {where} ORDER BY started_at, partition_id, attempt", params)]
+
+    def samples(self, run_id: str, partition_id: str | None = None) -> Iterator[tuple[str, int, str]]:
+        """(partition_id, sample_index, output_json) in order, read a page at a time."""
+        where, params = "run_id = ?", [run_id]
+        if partition_id is not None:
+            where, params = where + " AND partition_id = ?", params + [partition_id]
+        after: tuple[str, int] = ("", -(2 ** 62))
+        while True:
+            page = self._read(
+                f"SELECT partition_id, sample_index, output_json FROM samples WHERE {where} "
+                "AND (partition_id, sample_index) > (?, ?) ORDER BY partition_id, sample_index LIMIT ?",
+                [*params, *after, PAGE])
+            for r in page:
+                yield r[0], r[1], r[2]
+            if len(page) < PAGE:
+                return
+            after = (page[-1][0], page[-1][1])
+
+    def progress(self, run_id: str) -> list[dict[str, Any]]:
+        """Per (model_key, dataset_key): samples total/done, partitions by status, failures (with
+        error class), and timings for an ETA: `started_at` (first claim), `last_activity_at`,
+        `busy_seconds` / `busy_samples` (wall time and size of the finished partitions)."""
+        groups: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in self._read(
+                "SELECT model_key, dataset_key, status, count(*) AS n, sum(n_samples) AS total, "
+                "sum(n_done) AS done, min(started_at) AS started, "
+                "max(max(coalesce(heartbeat_at, 0), coalesce(finished_at, 0))) AS last, "
+                "sum(CASE WHEN status = 'done' THEN finished_at - started_at END) AS busy, "
+                "sum(CASE WHEN status = 'done' THEN n_samples END) AS busy_samples "
+                "FROM partitions WHERE run_id = ? GROUP BY model_key, dataset_key, status", (run_id,)):
+            g = groups.setdefault((r["model_key"], r["dataset_key"]), {
+                "model_key": r["model_key"], "dataset_key": r["dataset_key"], "samples_total": 0,
+                "samples_done": 0, "partitions": {s: 0 for s in STATUSES}, "failures": [],
+                "started_at": None, "last_activity_at": None, "busy_seconds": 0.0, "busy_samples": 0})
+            g["samples_total"] += r["total"] or 0
+            g["samples_done"] += r["done"] or 0
+            g["partitions"][r["status"]] = r["n"]
+            if r["started"] is not None:
+                g["started_at"] = r["started"] if g["started_at"] is None else min(g["started_at"], r["started"])
+            if r["last"]:
+                g["last_activity_at"] = max(g["last_activity_at"] or 0.0, r["last"])
+            g["busy_seconds"] += r["busy"] or 0.0
+            g["busy_samples"] += r["busy_samples"] or 0
+        for r in self._read("SELECT model_key, dataset_key, partition_id, attempts, error_class, error_message "
+                            "FROM partitions WHERE run_id = ? AND status = 'failed' "
+                            "ORDER BY model_key, dataset_key, sample_start", (run_id,)):
+            groups[(r["model_key"], r["dataset_key"])]["failures"].append(
+                {"partition_id": r["partition_id"], "attempts": r["attempts"],
+                 "error_class": r["error_class"], "error_message": r["error_message"]})
+        return [groups[k] for k in sorted(groups)]
+
+    # ---- loads and results ------------------------------------------------------------------
+
+    def record_load(self, run_id: str, worker_id: str, model_key: str, *, started_at: float,
+                    seconds: float) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT INTO loads (run_id, worker_id, model_key, started_at, seconds) "
+                         "VALUES (?, ?, ?, ?, ?)", (run_id, worker_id, model_key, started_at, seconds))
+
+    def loads(self, run_id: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._read(
+            "SELECT worker_id, model_key, started_at, seconds FROM loads WHERE run_id = ? "
+            "ORDER BY started_at, id", (run_id,))]
+
+    def put_results(self, run_id: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Upsert metric rows: model_key, dataset_key, metric, value, and optional stderr, n."""
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO results (run_id, model_key, dataset_key, metric, value, stderr, n) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, model_key, dataset_key, metric) "
+                "DO UPDATE SET value = excluded.value, stderr = excluded.stderr, n = excluded.n",
+                [(run_id, r["model_key"], r["dataset_key"], r["metric"], r["value"], r.get("stderr"),
+                  r.get("n")) for r in rows])
+
+    def results(self, run_id: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._read(
+            "SELECT model_key, dataset_key, metric, value, stderr, n FROM results WHERE run_id = ? "
+            "ORDER BY model_key, dataset_key, metric", (run_id,))]

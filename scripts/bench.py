@@ -1,0 +1,84 @@
+"""`make bench`: measure, then write docs/benchmarks.md. Every figure is a ratio to a reference
+measured in the same run on the same machine (these machines are shared and noisy).
+
+    python scripts/bench.py [--only SECTION ...] [--bundle-mb N]
+
+Sections: bundles (prefetch / verify / import / start-up). Results of sections not run this
+time are kept from the previous docs/benchmarks.md (build/bench/results.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+BUILD = ROOT / "build" / "bench"
+RESULTS = BUILD / "results.json"
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def timed(cmd: list[str], env: dict | None = None, repeat: int = 3, setup=None) -> float:
+    """Median wall time of a command; `setup` runs before each repetition (not timed)."""
+    times = []
+    for _ in range(repeat):
+        if setup:
+            setup()
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--bundle-mb", type=int, default=1024)
+    args = ap.parse_args()
+    BUILD.mkdir(parents=True, exist_ok=True)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    sections = {"bundles": lambda: bench_bundles(args.bundle_mb)}
+    for name, fn in sections.items():
+        if args.only is None or name in args.only:
+            print(f"== {name}", flush=True)
+            results[name] = fn()
+            results[name]["measured"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    RESULTS.write_text(json.dumps(results, indent=1))
+    DOC.write_text(render(results))
+    print(f"wrote {DOC}")
+
+
+def bench_bundles(total_mb: int) -> dict:
+    from scripts.bench_bundles import run
+
+    return run(BUILD / "bundles", total_mb, timed)
+
+
+def render(results: dict) -> str:
+    from scripts.bench_bundles import render as render_bundles
+
+    out = ["# Benchmarks", "",
+           "Written by `make bench` (`python scripts/bench.py`). Every figure is a ratio to a reference "
+           "measured in the same run on the same machine; absolute times are given for context only.",
+           f"Machine: {platform.machine()}, {_cores()} cores, Python {platform.python_version()}.", ""]
+    if "bundles" in results:
+        out += render_bundles(results["bundles"])
+    return "\n".join(out) + "\n"
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+if __name__ == "__main__":
+    main()
