@@ -41,6 +41,15 @@ class Item:
     bundle: str
 
 
+@dataclass(frozen=True)
+class SplitInfo:
+    path: Path
+    sha256: str
+    rows: int
+    commit: str
+    config: str
+
+
 class Index:
     def __init__(self, store: Path | None = None) -> None:
         self.store = Path(store) if store is not None else paths.store_root()
@@ -131,12 +140,18 @@ class Index:
 
     def resolve_split(self, repo_id: str, config: str | None, split: str, revision: str | None = None) -> Path:
         """Path of the Parquet file of one dataset split."""
+        return self.split_info(repo_id, config, split, revision).path
+
+    def split_info(self, repo_id: str, config: str | None, split: str, revision: str | None = None) -> SplitInfo:
+        """Where one installed dataset split is, with its sha256, row count and commit."""
         commit = self.resolve_commit("dataset", repo_id, revision)
         rows = self._rows("SELECT * FROM splits WHERE repo_id=? AND \"commit\"=?", (repo_id, commit))
         configs = sorted({r["config"] for r in rows})
         cfg = config or (configs[0] if len(configs) == 1 else "default")
         for r in rows:
             if r["config"] == cfg and r["split"] == split:
-                return paths.dataset_file(self.store, repo_id, commit, r["path"])
+                return SplitInfo(paths.dataset_file(self.store, repo_id, commit, r["path"]), r["sha256"],
+                                 r["rows"], commit, cfg)
         have = ", ".join(f"{r['config']}/{r['split']}" for r in rows) or "none"
-        raise NotFoundError(f"dataset {repo_id}@{commit[:12]} has no split {cfg}/{split} (installed: {have})")
+        raise NotFoundError(f"dataset {repo_id}@{commit[:12]} has no split {cfg}/{split} (installed: {have})",
+                            hint=f"on a host with internet: cachekit prefetch --dataset {repo_id} --out BUNDLE")

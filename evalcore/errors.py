@@ -44,3 +44,17 @@ class LeaseError(EvalcoreError, ValueError):
 
     exit_code = EXIT_USAGE
     default_hint = "lower the model's GPU count or make more GPUs visible (CUDA_VISIBLE_DEVICES)"
+
+
+class MissingArtefact(EvalcoreError, FileNotFoundError):
+    """A model, tokenizer or dataset of the plan is not in the local cache (offline)."""
+
+    exit_code = EXIT_OFFLINE
+    default_hint = "bundle it on a host with internet (cachekit prefetch) and import it here (cachekit import)"
+
+
+class OfflineViolation(EvalcoreError, ConnectionError):
+    """Something tried to reach the network while the run is offline."""
+
+    exit_code = EXIT_OFFLINE
+    default_hint = "everything must come from the local cache: prefetch the missing artefact, or pass --no-offline"

@@ -1,91 +1,201 @@
-"""The evaluation plan file (TOML): which models on which datasets. Pure parsing, no I/O beyond
-reading the file. This first version covers what `cachekit prefetch --plan` needs: models,
-tokenizers and datasets; the engine adds run settings.
+"""The evaluation plan: a TOML file and OpenCompass-style flags -> frozen records. Pure.
 
-    [[models]]
-    path = "HuggingFaceTB/SmolLM2-135M-Instruct"   # hub repo id, or a local folder
-    revision = "main"                              # optional
-    tokenizer_path = "..."                         # optional, defaults to path
-
-    [[datasets]]
-    name = "arc_easy_ppl"                          # a built-in name, or:
-    [[datasets]]
-    abbr = "my_set"
-    path = "myorg/my-set"                          # hub dataset repo (or a local file)
-    config = "default"
-    split = "test"
+Precedence: command-line flags > plan file > defaults. Unknown keys are errors, never ignored.
+See docs/plan.md for the format, with complete examples.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
-
 import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from types import MappingProxyType
 
 from .catalog import lookup
 from .errors import PlanError
 
-MODEL_KEYS = {"path", "revision", "tokenizer_path", "tokenizer_revision", "abbr", "trust_remote_code"}
-DATASET_KEYS = {"name", "abbr", "path", "config", "split", "revision", "fewshot_split"}
-TOP_KEYS = {"models", "datasets"}
+
+def _empty() -> Mapping:
+    return MappingProxyType({})
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    path: str
-    revision: str = "main"
+    path: str  # hub repo id (resolved from the local cache) or a local folder
+    abbr: str = ""
+    revision: str | None = None
     tokenizer_path: str | None = None
     tokenizer_revision: str | None = None
-    abbr: str = ""
+    model_kwargs: Mapping = field(default_factory=_empty)  # passed to from_pretrained (torch_dtype, device_map, ...)
+    tokenizer_kwargs: Mapping = field(default_factory=_empty)
+    max_out_len: int = 256
+    max_seq_len: int | None = None
+    batch_size: int | str = 8  # or "auto" (GPU: halve on out-of-memory)
+    num_gpus: int = 1
+    batch_padding: bool = True
+    chat_template: bool = False
     trust_remote_code: bool = False
+    backend: str = "hf"  # "hf" (transformers), or "scripted" (deterministic fake, for dry runs and tests)
+    backend_options: Mapping = field(default_factory=_empty)  # scripted: load_seconds, sample_seconds
+
+    @property
+    def name(self) -> str:
+        return self.abbr or Path(self.path.rstrip("/")).name
+
+    @property
+    def dtype(self) -> str:
+        return str(self.model_kwargs.get("torch_dtype", self.model_kwargs.get("dtype", "float32")))
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     abbr: str
-    path: str
-    config: str | None
-    split: str
-    revision: str = "main"
+    task: str  # a built-in task name (arc_easy_ppl, ...) or "custom"
+    path: str  # hub dataset repo id, or a local .jsonl/.json/.csv/.parquet file
+    config: str | None = None
+    split: str = "test"
+    revision: str | None = None
+    limit: int | None = None
+    # user-defined sets (task = "custom"):
+    mode: str | None = None  # "ll" (log-likelihood over choices) or "gen" (generation)
+    template: str | None = None  # Python str.format template over the row's fields
+    choices: tuple[str, ...] | str | None = None  # a list of templates, or the name of a list field
+    label: str | None = None  # field holding the gold: index, letter or text
+    target_delimiter: str = " "
+    fewshot: int = 0
     fewshot_split: str | None = None
+    fewshot_delimiter: str = "\n\n"
+    stop: tuple[str, ...] = ()
+    metric: str | None = None  # acc | exact_match | gsm8k | bbh
+    max_out_len: int | None = None
+    allow_code_execution: bool = False
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    work_dir: str = "outputs"
+    max_num_workers: int = 1
+    max_workers_per_gpu: int = 1
+    max_partition_size: int = 40000
+    limit: int | None = None
+    offline: bool = True
+    runner: str = "local"
+    lease_seconds: float = 60.0
+    max_attempts: int = 3
+    threads: int | None = None
+    slurm: Mapping = field(default_factory=_empty)  # partition, qos, time, extra_args (see the Slurm runner)
 
 
 @dataclass(frozen=True)
 class Plan:
     models: tuple[ModelSpec, ...]
     datasets: tuple[DatasetSpec, ...]
+    run: RunSettings = field(default_factory=RunSettings)
 
 
-def _check_keys(d: dict, allowed: set[str], where: str) -> None:
+def _names(cls) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+MODEL_KEYS = _names(ModelSpec) | {"hf_path"}
+DATASET_KEYS = (_names(DatasetSpec) - {"task"}) | {"name"}
+RUN_KEYS = _names(RunSettings)
+
+
+def _check_keys(d: Mapping, allowed: set[str], where: str) -> None:
+    if not isinstance(d, Mapping):
+        raise PlanError(f"{where} must be a table")
     unknown = sorted(set(d) - allowed)
     if unknown:
-        raise PlanError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+        raise PlanError(f"{where}: unknown key(s) {', '.join(unknown)}",
+                        hint=f"allowed: {', '.join(sorted(allowed))}")
 
 
-def parse_plan(doc: dict, where: str = "plan") -> Plan:
-    _check_keys(doc, TOP_KEYS, where)
-    models = []
-    for i, m in enumerate(doc.get("models", [])):
-        _check_keys(m, MODEL_KEYS, f"{where}: models[{i}]")
-        if "path" not in m:
-            raise PlanError(f"{where}: models[{i}] has no 'path'")
-        models.append(ModelSpec(**{k: m[k] for k in m}))
-    datasets = []
-    for i, d in enumerate(doc.get("datasets", [])):
-        _check_keys(d, DATASET_KEYS, f"{where}: datasets[{i}]")
-        if "name" in d and "path" not in d:
-            ref = lookup(d["name"])
-            datasets.append(DatasetSpec(d.get("abbr", d["name"]), ref.repo_id, d.get("config", ref.config),
-                                        d.get("split", ref.split), d.get("revision", "main"),
-                                        d.get("fewshot_split", ref.fewshot_split)))
-        elif "path" in d:
-            datasets.append(DatasetSpec(d.get("abbr") or d.get("name") or d["path"], d["path"], d.get("config"),
-                                        d.get("split", "test"), d.get("revision", "main"), d.get("fewshot_split")))
-        else:
-            raise PlanError(f"{where}: datasets[{i}] needs 'name' (built-in) or 'path'")
-    return Plan(tuple(models), tuple(datasets))
+def _typed(cls, values: Mapping, where: str):
+    """Build a dataclass, checking simple types so a typo'd value fails with its key named."""
+    out = {}
+    hints = {f.name: f.type for f in fields(cls)}
+    for k, v in values.items():
+        t = str(hints[k])
+        if t == "int" and (not isinstance(v, int) or isinstance(v, bool)):
+            raise PlanError(f"{where}: '{k}' must be an integer, got {v!r}")
+        if t == "bool" and not isinstance(v, bool):
+            raise PlanError(f"{where}: '{k}' must be true or false, got {v!r}")
+        if t.startswith("int | None") and v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+            raise PlanError(f"{where}: '{k}' must be an integer, got {v!r}")
+        if t == "str" and not isinstance(v, str):
+            raise PlanError(f"{where}: '{k}' must be a string, got {v!r}")
+        if t == "Mapping":
+            if not isinstance(v, Mapping):
+                raise PlanError(f"{where}: '{k}' must be a table of key = value, got {v!r}")
+            v = MappingProxyType(dict(v))
+        if k in ("stop",) and isinstance(v, list):
+            v = tuple(v)
+        if k == "choices" and isinstance(v, list):
+            v = tuple(v)
+        out[k] = v
+    try:
+        obj = cls(**out)
+    except TypeError as exc:
+        raise PlanError(f"{where}: {exc}") from None
+    return obj
+
+
+def _model(d: Mapping, where: str) -> ModelSpec:
+    _check_keys(d, MODEL_KEYS, where)
+    d = dict(d)
+    if "hf_path" in d:
+        d["path"] = d.pop("hf_path")
+    if "path" not in d:
+        raise PlanError(f"{where} has no 'path' (a hub repo id or a local folder)")
+    m = _typed(ModelSpec, d, where)
+    if m.batch_size != "auto" and (not isinstance(m.batch_size, int) or m.batch_size < 1):
+        raise PlanError(f"{where}: 'batch_size' must be a positive integer or \"auto\"")
+    if m.num_gpus < 0:
+        raise PlanError(f"{where}: 'num_gpus' must be >= 0")
+    if m.backend not in ("hf", "scripted"):
+        raise PlanError(f"{where}: unknown backend {m.backend!r} (hf or scripted)")
+    return m
+
+
+def _dataset(d: Mapping, where: str) -> DatasetSpec:
+    _check_keys(d, DATASET_KEYS, where)
+    d = dict(d)
+    name = d.pop("name", None)
+    if name is not None and "path" not in d:
+        ref = lookup(name)
+        base = {"abbr": name, "task": name, "path": ref.repo_id, "config": ref.config, "split": ref.split}
+        if ref.fewshot_split:
+            base["fewshot_split"] = ref.fewshot_split
+        return _typed(DatasetSpec, {**base, **d}, where)
+    if "path" not in d:
+        raise PlanError(f"{where} needs 'name' (a built-in dataset) or 'path' (your own data)")
+    d.setdefault("abbr", name or Path(d["path"]).stem)
+    spec = _typed(DatasetSpec, {"task": "custom", **d}, where)
+    if spec.mode not in ("ll", "gen"):
+        raise PlanError(f"{where}: a user-defined dataset needs mode = \"ll\" or \"gen\"")
+    if not spec.template:
+        raise PlanError(f"{where}: a user-defined dataset needs a 'template'")
+    if spec.mode == "ll" and not spec.choices:
+        raise PlanError(f"{where}: mode \"ll\" needs 'choices'")
+    if not spec.label:
+        raise PlanError(f"{where}: a user-defined dataset needs 'label' (the field with the gold answer)")
+    return spec
+
+
+def parse_plan(doc: Mapping, where: str = "plan") -> Plan:
+    _check_keys(doc, {"models", "datasets", "run"}, where)
+    run = _typed(RunSettings, doc.get("run", {}), f"{where}: [run]") if _check_run(doc.get("run", {}), where) else RunSettings()
+    models = tuple(_model(m, f"{where}: models[{i}]") for i, m in enumerate(doc.get("models", [])))
+    datasets = tuple(_dataset(d, f"{where}: datasets[{i}]") for i, d in enumerate(doc.get("datasets", [])))
+    return Plan(models, datasets, run)
+
+
+def _check_run(run: Mapping, where: str) -> bool:
+    _check_keys(run, RUN_KEYS, f"{where}: [run]")
+    return True
 
 
 def load_plan(path: str | os.PathLike) -> Plan:
@@ -99,6 +209,75 @@ def load_plan(path: str | os.PathLike) -> Plan:
     return parse_plan(doc, str(p))
 
 
+def parse_kwargs(items: tuple[str, ...] | list[str], what: str) -> dict:
+    """OpenCompass-style `k=v` pairs: `device_map='auto' trust_remote_code=True max_len=8`."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise PlanError(f"{what}: expected key=value, got {item!r}")
+        out[key.strip()] = _literal(raw.strip())
+    return out
+
+
+def _literal(raw: str):
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        return raw[1:-1]
+    low = raw.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def with_overrides(plan: Plan, *, model: Mapping | None = None, model_overrides: Mapping | None = None,
+                   datasets: list[str] | None = None, run: Mapping | None = None) -> Plan:
+    """Apply command-line flags: `model` (from --hf-path ...) replaces the plan's models;
+    `model_overrides` (--batch-size, --max-out-len, ...) apply to every model; `datasets`
+    (--datasets NAME...) replaces the datasets; `run` overrides [run] settings."""
+    models = plan.models
+    if model:
+        models = (_model(model, "command line"),)
+    if model_overrides:
+        _check_keys(model_overrides, MODEL_KEYS, "command line")
+        models = tuple(_model({**_as_dict(m), **model_overrides}, "command line") for m in models)
+    ds = plan.datasets
+    if datasets:
+        ds = tuple(_dataset({"name": n}, f"--datasets {n}") for n in datasets)
+    settings = plan.run
+    if run:
+        _check_keys(run, RUN_KEYS, "command line")
+        settings = _typed(RunSettings, {**_as_dict(plan.run), **run}, "command line")
+    return Plan(models, ds, settings)
+
+
+def _as_dict(obj) -> dict:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+def validate(plan: Plan) -> Plan:
+    """Checks that need the whole plan: something to run, unique names."""
+    if not plan.models:
+        raise PlanError("the plan has no model", hint="add [[models]] to the plan file, or give --hf-path")
+    if not plan.datasets:
+        raise PlanError("the plan has no dataset", hint="add [[datasets]] to the plan file, or give --datasets")
+    for kind, names in (("model", [m.name for m in plan.models]), ("dataset", [d.abbr for d in plan.datasets])):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise PlanError(f"two {kind}s share the name {dup[0]!r}", hint="give each an 'abbr'")
+    if plan.run.max_num_workers < 1 or plan.run.max_workers_per_gpu < 1:
+        raise PlanError("max_num_workers and max_workers_per_gpu must be >= 1")
+    if plan.run.runner not in ("local", "slurm"):
+        raise PlanError(f"unknown runner {plan.run.runner!r} (local or slurm)")
+    return plan
+
+
 def plan_sources(plan: Plan, include=(), exclude=(), trust_remote_code=False) -> list:
     """The cachekit sources a plan needs from the hub (local folders and files are skipped)."""
     from cachekit.sources import Source
@@ -106,14 +285,58 @@ def plan_sources(plan: Plan, include=(), exclude=(), trust_remote_code=False) ->
     out = []
     for m in plan.models:
         for path, rev in ((m.path, m.revision), (m.tokenizer_path, m.tokenizer_revision or m.revision)):
-            if path and not _is_local(path):
+            if path and not is_local(path):
                 out.append(Source("model", path, rev or "main", None, tuple(include), tuple(exclude),
                                   trust_remote_code or m.trust_remote_code))
     for d in plan.datasets:
-        if not _is_local(d.path):
+        if not is_local(d.path):
             out.append(Source("dataset", d.path, d.revision or "main", None, (), (), False))
     return list(dict.fromkeys(out))
 
 
-def _is_local(path: str) -> bool:
+def plan_to_json(plan: Plan) -> str:
+    """The whole plan as JSON (kept in the run folder; resume reads it back)."""
+    import json
+
+    def conv(obj):
+        if isinstance(obj, Mapping):
+            return {k: conv(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [conv(v) for v in obj]
+        return obj
+
+    return json.dumps({"models": [conv(_as_dict(m)) for m in plan.models],
+                       "datasets": [conv(_as_dict(d)) for d in plan.datasets],
+                       "run": conv(_as_dict(plan.run))}, indent=1, sort_keys=True)
+
+
+def plan_from_json(text: str) -> Plan:
+    import json
+
+    doc = json.loads(text)
+
+    def model(d):
+        return ModelSpec(**{**d, "model_kwargs": MappingProxyType(d["model_kwargs"]),
+                            "tokenizer_kwargs": MappingProxyType(d["tokenizer_kwargs"]),
+                            "backend_options": MappingProxyType(d.get("backend_options", {}))})
+
+    def dataset(d):
+        d = dict(d)
+        for k in ("stop",):
+            d[k] = tuple(d[k])
+        if isinstance(d.get("choices"), list):
+            d["choices"] = tuple(d["choices"])
+        return DatasetSpec(**d)
+
+    run = dict(doc["run"])
+    run["slurm"] = MappingProxyType(run.get("slurm", {}))
+    return Plan(tuple(model(m) for m in doc["models"]), tuple(dataset(d) for d in doc["datasets"]),
+                RunSettings(**run))
+
+
+def is_local(path: str) -> bool:
     return path.startswith((".", "/", "~")) or os.path.exists(path)
+
+
+__all__ = ["Plan", "ModelSpec", "DatasetSpec", "RunSettings", "load_plan", "parse_plan", "with_overrides", "plan_to_json", "plan_from_json",
+           "validate", "parse_kwargs", "plan_sources", "replace"]

@@ -1,0 +1,46 @@
+"""A deterministic stand-in for a model: log-likelihoods and generations derived from a hash of
+the input, with configurable load and per-sample costs. For dry runs of a plan, the scheduler's
+tests and the scheduling benchmark; never for scores."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping, Sequence
+
+from .base import GenRequest, LoglikRequest, LoglikResult
+
+
+def _unit(*parts: str) -> float:
+    h = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+class ScriptedBackend:
+    def __init__(self, name: str, options: Mapping | None = None) -> None:
+        options = dict(options or {})
+        self.name = name
+        self.sample_seconds = float(options.get("sample_seconds", 0.0))
+        time.sleep(float(options.get("load_seconds", 0.0)))
+
+    def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[LoglikResult]:
+        out = []
+        for r in requests:
+            time.sleep(self.sample_seconds)
+            lps = tuple(-10.0 * _unit(self.name, r.context, c) - len(c) * 0.01 for c in r.continuations)
+            best = max(range(len(lps)), key=lps.__getitem__) if lps else -1
+            out.append(LoglikResult(lps, tuple(i == best for i in range(len(lps))), tuple(len(c.split()) for c in r.continuations)))
+        return out
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[str]:
+        out = []
+        for r in requests:
+            time.sleep(self.sample_seconds)
+            out.append(f"answer {int(_unit(self.name, r.prompt) * 100)}")
+        return out
+
+    def identity(self) -> dict:
+        return {"backend": "scripted", "name": self.name}
+
+    def close(self) -> None:
+        pass

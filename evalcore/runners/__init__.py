@@ -1,0 +1,1 @@
+"""Runners start workers for a run and watch them: `local` (processes on this host), `slurm`."""

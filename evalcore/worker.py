@@ -1,0 +1,289 @@
+"""A long-lived worker process: claim a partition -> (lease GPUs) -> load the model once ->
+run the samples still missing -> commit them in small batches -> claim the next, preferring the
+model already loaded.
+
+    python -m evalcore.worker --run-dir DIR --worker-id ID [--gpus N] [--threads T]
+
+Offline mode and the socket guard are switched on before anything else is imported. A worker
+with --gpus N leases N GPUs before torch starts, sees only them (CUDA_VISIBLE_DEVICES), and only
+claims partitions of models that need N GPUs. It stops when nothing is left to claim, when told
+to (SIGTERM, SIGINT), or when the driver that started it is gone; an unfinished partition is
+handed back (or its lease simply expires, if the worker was killed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+FAULTS_ENV = "EVALCORE_FAULTS"  # test hook: "raise@<partition-id prefix>,..."
+
+
+class ClaimLost(Exception):
+    """The ledger says this worker no longer holds the partition (its lease expired)."""
+
+
+class Stop(Exception):
+    """Asked to stop (signal, or the driver is gone)."""
+
+
+class Heartbeat(threading.Thread):
+    """Renews the current claim and the GPU lease; notices a lost claim or a dead driver."""
+
+    def __init__(self, ledger_path: Path, run_id: str, lease_s: float, parent_pid: int, leases=None) -> None:
+        super().__init__(daemon=True)
+        self.ledger_path, self.run_id, self.lease_s, self.parent_pid = ledger_path, run_id, lease_s, parent_pid
+        self.leases, self.gpu_lease = leases, None
+        self.claim = None
+        self.lost = threading.Event()
+        self.stop = threading.Event()
+        self.orphaned = threading.Event()
+        self._lock = threading.Lock()
+
+    def track(self, claim) -> None:
+        with self._lock:
+            self.claim = claim
+            self.lost.clear()
+
+    def run(self) -> None:
+        from .ledger import Ledger
+
+        ledger = Ledger(self.ledger_path, create=False)
+        interval = max(0.2, self.lease_s / 4)
+        while not self.stop.wait(interval):
+            if self.parent_pid and os.getppid() != self.parent_pid:
+                self.orphaned.set()
+            now = time.time()
+            with self._lock:
+                claim = self.claim
+            if claim is not None and not ledger.heartbeat(self.run_id, claim.partition_id, claim.token,
+                                                          now=now, lease_s=self.lease_s):
+                self.lost.set()
+            if self.leases is not None and self.gpu_lease is not None:
+                self.leases.renew(self.gpu_lease, now=now, ttl=self.lease_s)
+        ledger.close()
+
+
+def _faults() -> list[tuple[str, str]]:
+    out = []
+    for item in filter(None, os.environ.get(FAULTS_ENV, "").split(",")):
+        kind, _, target = item.partition("@")
+        out.append((kind, target))
+    return out
+
+
+class Worker:
+    def __init__(self, run_dir: Path, worker_id: str, gpus: int, threads: int | None, parent_pid: int) -> None:
+        from .ledger import Ledger
+        from .runctx import RunContext
+
+        self.ctx = RunContext.load(run_dir)
+        self.run_id = self.ctx.run_id
+        self.worker_id, self.n_gpus, self.threads = worker_id, gpus, threads
+        self.ledger = Ledger(self.ctx.ledger_path, create=False)
+        self.plan = self.ctx.plan
+        self.lease_s = self.plan.run.lease_seconds
+        self.tasks = self.ctx.tasks()
+        self.models = {m.name: m for m in self.plan.models}
+        self.datasets = {d.abbr: d for d in self.plan.datasets}
+        self.host = socket.gethostname()
+        self.leases = None
+        self.hb = Heartbeat(self.ctx.ledger_path, self.run_id, self.lease_s, parent_pid)
+        self.backend = None
+        self.loaded: str | None = None
+        self._rows: dict[tuple[str, str], list[dict]] = {}
+        self._stop = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def serve(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *a: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *a: self._stop.set())
+        self.hb.start()
+        try:
+            if self.n_gpus:
+                self._lease_gpus()
+            eligible = {m.name for m in self.plan.models if (m.num_gpus if self.n_gpus else 0) == self.n_gpus
+                        or not self.n_gpus}
+            while not self._should_stop():
+                claim = self.ledger.claim(self.run_id, self.worker_id, now=time.time(), lease_s=self.lease_s,
+                                          pid=os.getpid(), host=self.host, prefer_model=self.loaded,
+                                          only_models=eligible)
+                if claim is None:
+                    break
+                self._run_claim(claim)
+            return 0
+        finally:
+            self.hb.stop.set()
+            if self.leases is not None and self.hb.gpu_lease is not None:
+                self.leases.release(self.hb.gpu_lease)
+            if self.backend is not None:
+                self.backend.close()
+            self.ledger.close()
+
+    def _should_stop(self) -> bool:
+        return self._stop.is_set() or self.hb.orphaned.is_set()
+
+    def _lease_gpus(self) -> None:
+        from .gpus import discover_gpus, visible_devices_env
+        from .leases import GpuLeases, default_path
+
+        devices = discover_gpus(os.environ)
+        self.leases = GpuLeases(default_path(os.environ), devices, self.plan.run.max_workers_per_gpu)
+        self.hb.leases = self.leases
+        owner = f"{self.host}:{os.getpid()}:{self.worker_id}"
+        while not self._should_stop():
+            lease = self.leases.acquire(self.n_gpus, owner=owner, pid=os.getpid(), host=self.host,
+                                        run_id=self.run_id, now=time.time(), ttl=self.lease_s)
+            if lease is not None:
+                self.hb.gpu_lease = lease
+                os.environ.update(visible_devices_env(lease.devices))
+                print(f"[{self.worker_id}] leased GPU(s) {','.join(lease.devices)}", flush=True)
+                return
+            time.sleep(min(1.0, self.lease_s / 4))
+        self.leases.cancel(owner)
+        raise Stop()
+
+    # -- one partition ---------------------------------------------------------------------
+    def _run_claim(self, claim) -> None:
+        self.hb.track(claim)
+        t0 = time.time()
+        try:
+            self._ensure_model(claim.model_key)
+            self._run_partition(claim)
+            self.ledger.complete(self.run_id, claim.partition_id, claim.token, now=time.time())
+            print(f"[{self.worker_id}] done {claim.partition_id} in {time.time() - t0:.1f} s", flush=True)
+        except ClaimLost:
+            print(f"[{self.worker_id}] lost the claim on {claim.partition_id} (lease expired); moving on", flush=True)
+        except Stop:
+            self.ledger.fail(self.run_id, claim.partition_id, claim.token, now=time.time(), error_class="Interrupted",
+                             message="the worker was stopped; the partition is handed back", traceback_tail="",
+                             retry=True)
+        except Exception as exc:  # the partition failed; the worker goes on with the next one
+            tb = traceback.format_exc()
+            print(tb, file=sys.stderr, flush=True)
+            self.ledger.fail(self.run_id, claim.partition_id, claim.token, now=time.time(),
+                             error_class=type(exc).__name__, message=str(exc)[:2000],
+                             traceback_tail="\n".join(tb.splitlines()[-25:]), retry=False)
+        finally:
+            self.hb.track(None)
+
+    def _ensure_model(self, name: str) -> None:
+        if self.loaded == name:
+            return
+        if self.backend is not None:
+            self.backend.close()
+            self.backend, self.loaded = None, None
+        spec = self.models[name]
+        started = time.time()
+        self.backend = make_backend(spec, self.ctx.resolved, self.threads, bool(self.n_gpus))
+        self.loaded = name
+        self.ledger.record_load(self.run_id, self.worker_id, name, started_at=started, seconds=time.time() - started)
+        print(f"[{self.worker_id}] loaded {name} in {time.time() - started:.1f} s", flush=True)
+
+    def _rows_of(self, abbr: str, which: str) -> list[dict]:
+        from .data import load_rows
+
+        key = (abbr, which)
+        if key not in self._rows:
+            ref = (self.ctx.resolved.datasets if which == "eval" else self.ctx.resolved.fewshot)[abbr]
+            self._rows[key] = load_rows(ref)
+        return self._rows[key]
+
+    def _run_partition(self, claim) -> None:
+        from .backends.base import GenRequest, LoglikRequest
+        from .runctx import effective_max_out_len
+        from .scoring import score_gen, score_ll
+        from .tasks import build_context, fewshot_rows
+
+        for kind, target in _faults():
+            if kind == "raise" and claim.partition_id.startswith(target):
+                raise RuntimeError(f"injected fault in {claim.partition_id} ({FAULTS_ENV})")
+        spec, dspec = self.models[claim.model_key], self.datasets[claim.dataset_key]
+        task = self.tasks[claim.dataset_key]
+        rows = self._rows_of(claim.dataset_key, "eval")
+        pool = self._rows_of(claim.dataset_key, "fewshot") if claim.dataset_key in self.ctx.resolved.fewshot else rows
+        done = self.ledger.done_indices(self.run_id, claim.partition_id)
+        todo = [i for i in range(claim.sample_start, claim.sample_end) if i not in done]
+        chunk = chunk_size(spec, task.mode)
+        for start in range(0, len(todo), chunk):
+            if self._should_stop():
+                raise Stop()
+            if self.hb.lost.is_set():
+                raise ClaimLost()
+            idx = todo[start:start + chunk]
+            contexts = [build_context(task, rows[i], fewshot_rows(task, pool, rows[i])) for i in idx]
+            if task.mode == "ll":
+                choices = [task.choices(rows[i]) for i in idx]
+                reqs = [LoglikRequest(c, tuple(task.target_delimiter + x for x in ch)) for c, ch in zip(contexts, choices, strict=True)]
+                results = self.backend.loglikelihood(reqs)
+                recs = [score_ll(task, rows[i], i, c, ch, list(r.logprobs), list(r.greedy))
+                        for i, c, ch, r in zip(idx, contexts, choices, results, strict=True)]
+            else:
+                max_new = effective_max_out_len(spec, task)
+                gens = self.backend.generate([GenRequest(c, max_new, task.stop) for c in contexts])
+                recs = [score_gen(task, rows[i], i, c, g, allow_code_execution=dspec.allow_code_execution)
+                        for i, c, g in zip(idx, contexts, gens, strict=True)]
+            rows_json = [(r["index"], json.dumps(r, ensure_ascii=False)) for r in recs]
+            if not self.ledger.add_samples(self.run_id, claim.partition_id, claim.token, rows_json, now=time.time()):
+                raise ClaimLost()
+
+
+def chunk_size(spec, mode: str) -> int:
+    """Samples per commit: a crash loses at most this many."""
+    bs = spec.batch_size if isinstance(spec.batch_size, int) else 16
+    return max(1, bs if mode == "gen" else 2 * bs)
+
+
+def make_backend(spec, resolved, threads: int | None, on_gpu: bool):
+    """The backend for a model of the plan, loaded from what the preflight resolved."""
+    if spec.backend == "scripted":
+        from .backends.scripted import ScriptedBackend
+
+        return ScriptedBackend(spec.name, spec.backend_options)
+    from .backends.base import ModelSettings
+    from .backends.hf import HFBackend
+
+    lm = resolved.models[spec.name]
+    tok = resolved.tokenizers.get(spec.name)
+    kwargs = dict(spec.model_kwargs)
+    dtype = str(kwargs.pop("torch_dtype", kwargs.pop("dtype", "float32")))
+    device_map = kwargs.pop("device_map", None)
+    return HFBackend(ModelSettings(
+        path=lm.load_path, revision=lm.revision,
+        tokenizer_path=tok.load_path if tok else None, tokenizer_revision=tok.revision if tok else None,
+        dtype=dtype, device="cuda" if on_gpu else "cpu", device_map=device_map,
+        trust_remote_code=lm.trust_remote_code, model_kwargs=kwargs, tokenizer_kwargs=dict(spec.tokenizer_kwargs),
+        batch_size=spec.batch_size if (on_gpu or spec.batch_size != "auto") else 8,
+        max_seq_len=spec.max_seq_len, batch_padding=spec.batch_padding, chat_template=spec.chat_template,
+        threads=threads))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .offline import go_offline
+
+    ap = argparse.ArgumentParser(prog="python -m evalcore.worker")
+    ap.add_argument("--run-dir", required=True, type=Path)
+    ap.add_argument("--worker-id", required=True)
+    ap.add_argument("--gpus", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--parent-pid", type=int, default=0)
+    ap.add_argument("--online", action="store_true", help="do not switch offline (evalcore eval --no-offline)")
+    args = ap.parse_args(argv)
+    if not args.online:
+        go_offline()
+    try:
+        return Worker(args.run_dir, args.worker_id, args.gpus, args.threads, args.parent_pid).serve()
+    except Stop:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
