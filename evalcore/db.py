@@ -52,6 +52,15 @@ class Schema:
             raise ValueError(f"{self.label}: migrations must be numbered 1..N, got {sorted(self.migrations)}")
 
 
+def script(statements: Sequence[str]) -> Migration:
+    """A migration that runs SQL statements one by one, inside the caller's transaction
+    (`executescript` would commit it first)."""
+    def run(conn: sqlite3.Connection) -> None:
+        for sql in statements:
+            conn.execute(sql)
+    return run
+
+
 # Every application_id evalcore uses, so that one kind of evalcore file is not mistaken for another.
 KNOWN_IDS: dict[int, str] = {
     0x4556434C: "evalcore run ledger",     # "EVCL"

@@ -73,89 +73,104 @@ class Claim:
     expires_at: float
 
 
-def _v1(conn: sqlite3.Connection) -> None:
-    """Schema 1. Plain SQL where a CHECK is needed, sqlite-utils for the rest."""
-    import sqlite_utils
+_V1 = (
+    """CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        work_dir TEXT NOT NULL,
+        plan_json TEXT NOT NULL,
+        argv_json TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed', 'interrupted')),
+        partitions_hash TEXT NOT NULL,
+        n_partitions INTEGER NOT NULL
+    )""",
+    """CREATE TABLE partitions (
+        run_id TEXT NOT NULL REFERENCES runs (run_id),
+        partition_id TEXT NOT NULL,
+        model_key TEXT NOT NULL,
+        dataset_key TEXT NOT NULL,
+        key_hash TEXT NOT NULL,
+        key_json TEXT NOT NULL,
+        spec_json TEXT NOT NULL,
+        sample_start INTEGER NOT NULL,
+        sample_end INTEGER NOT NULL,
+        n_samples INTEGER NOT NULL,
+        n_done INTEGER NOT NULL DEFAULT 0,
+        cost REAL NOT NULL,
+        n_gpus INTEGER NOT NULL DEFAULT 1 CHECK (n_gpus >= 0),
+        status TEXT NOT NULL DEFAULT 'pending'
+            CHECK (status IN ('pending', 'running', 'done', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
+        claim_token TEXT,
+        claimed_by TEXT,
+        pid INTEGER,
+        host TEXT,
+        heartbeat_at REAL,
+        expires_at REAL,
+        error_class TEXT,
+        error_message TEXT,
+        error_traceback TEXT,
+        started_at REAL,
+        finished_at REAL,
+        PRIMARY KEY (run_id, partition_id),
+        CHECK (sample_end >= sample_start AND n_samples = sample_end - sample_start)
+    )""",
+    # The claim order is an index walk: pending rows of one run, by model, dataset, first sample.
+    """CREATE INDEX partitions_claim
+        ON partitions (run_id, status, model_key, dataset_key, sample_start, partition_id)""",
+    "CREATE INDEX partitions_expiry ON partitions (run_id, status, expires_at)",
+    """CREATE TABLE attempts (
+        token TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        partition_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        worker TEXT,
+        pid INTEGER,
+        host TEXT,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        outcome TEXT NOT NULL DEFAULT 'running'
+            CHECK (outcome IN ('running', 'done', 'retry', 'failed', 'expired', 'requeued', 'released')),
+        error_class TEXT,
+        error_message TEXT,
+        error_traceback TEXT,
+        FOREIGN KEY (run_id, partition_id) REFERENCES partitions (run_id, partition_id)
+    )""",
+    "CREATE INDEX attempts_partition ON attempts (run_id, partition_id, outcome)",
+    """CREATE TABLE samples (
+        run_id TEXT NOT NULL,
+        partition_id TEXT NOT NULL,
+        sample_index INTEGER NOT NULL,
+        output_json TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (run_id, partition_id, sample_index),
+        FOREIGN KEY (run_id, partition_id) REFERENCES partitions (run_id, partition_id)
+    )""",
+    """CREATE TABLE results (
+        run_id TEXT NOT NULL REFERENCES runs (run_id),
+        model_key TEXT NOT NULL,
+        dataset_key TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        value REAL,
+        stderr REAL,
+        n INTEGER,
+        PRIMARY KEY (run_id, model_key, dataset_key, metric)
+    )""",
+    """CREATE TABLE loads (
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL REFERENCES runs (run_id),
+        worker_id TEXT NOT NULL,
+        model_key TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        seconds REAL NOT NULL
+    )""",
+    "CREATE INDEX loads_run ON loads (run_id, started_at)",
+)
 
-    d = sqlite_utils.Database(conn, execute_plugins=False)
-    d.create_table("runs", {"run_id": str, "created_at": float, "updated_at": float, "work_dir": str,
-                            "plan_json": str, "argv_json": str, "status": str, "partitions_hash": str,
-                            "n_partitions": int},
-                   pk="run_id", not_null={"created_at", "work_dir", "plan_json", "argv_json", "status",
-                                          "partitions_hash", "n_partitions"})
-    conn.execute("""
-        CREATE TABLE partitions (
-            run_id TEXT NOT NULL REFERENCES runs(run_id),
-            partition_id TEXT NOT NULL,
-            model_key TEXT NOT NULL,
-            dataset_key TEXT NOT NULL,
-            key_hash TEXT NOT NULL,
-            key_json TEXT NOT NULL,
-            spec_json TEXT NOT NULL,
-            sample_start INTEGER NOT NULL,
-            sample_end INTEGER NOT NULL,
-            n_samples INTEGER NOT NULL,
-            n_done INTEGER NOT NULL DEFAULT 0,
-            cost REAL NOT NULL,
-            n_gpus INTEGER NOT NULL DEFAULT 1 CHECK (n_gpus >= 0),
-            status TEXT NOT NULL DEFAULT 'pending'
-                CHECK (status IN ('pending', 'running', 'done', 'failed')),
-            attempts INTEGER NOT NULL DEFAULT 0,
-            max_attempts INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
-            claim_token TEXT,
-            claimed_by TEXT,
-            pid INTEGER,
-            host TEXT,
-            heartbeat_at REAL,
-            expires_at REAL,
-            error_class TEXT,
-            error_message TEXT,
-            error_traceback TEXT,
-            started_at REAL,
-            finished_at REAL,
-            PRIMARY KEY (run_id, partition_id),
-            CHECK (sample_end >= sample_start AND n_samples = sample_end - sample_start)
-        )""")
-    # The claim order is an index walk: pending rows of one run, by model, dataset, start.
-    d["partitions"].create_index(["run_id", "status", "model_key", "dataset_key", "sample_start",
-                                  "partition_id"], index_name="partitions_claim")
-    d["partitions"].create_index(["run_id", "status", "expires_at"], index_name="partitions_expiry")
-    conn.execute("""
-        CREATE TABLE attempts (
-            token TEXT PRIMARY KEY,
-            run_id TEXT NOT NULL,
-            partition_id TEXT NOT NULL,
-            attempt INTEGER NOT NULL,
-            worker TEXT,
-            pid INTEGER,
-            host TEXT,
-            started_at REAL NOT NULL,
-            finished_at REAL,
-            outcome TEXT NOT NULL DEFAULT 'running'
-                CHECK (outcome IN ('running', 'done', 'retry', 'failed', 'expired', 'requeued')),
-            error_class TEXT,
-            error_message TEXT,
-            error_traceback TEXT,
-            FOREIGN KEY (run_id, partition_id) REFERENCES partitions(run_id, partition_id)
-        )""")
-    d["attempts"].create_index(["run_id", "partition_id", "outcome"], index_name="attempts_partition")
-    d.create_table("samples", {"run_id": str, "partition_id": str, "sample_index": int,
-                               "output_json": str, "created_at": float},
-                   pk=("run_id", "partition_id", "sample_index"),
-                   not_null={"output_json", "created_at"},
-                   foreign_keys=[(("run_id", "partition_id"), "partitions", ("run_id", "partition_id"))])
-    d.create_table("results", {"run_id": str, "model_key": str, "dataset_key": str, "metric": str,
-                               "value": float, "stderr": float, "n": int},
-                   pk=("run_id", "model_key", "dataset_key", "metric"),
-                   foreign_keys=[("run_id", "runs", "run_id")])
-    d.create_table("loads", {"id": int, "run_id": str, "worker_id": str, "model_key": str,
-                             "started_at": float, "seconds": float},
-                   pk="id", not_null={"run_id", "worker_id", "model_key", "started_at", "seconds"},
-                   foreign_keys=[("run_id", "runs", "run_id")])
-    d["loads"].create_index(["run_id", "started_at"], index_name="loads_run")
 
-
-SCHEMA = db.Schema(label="run ledger", application_id=APPLICATION_ID, migrations={1: _v1})
+SCHEMA = db.Schema(label="run ledger", application_id=APPLICATION_ID, migrations={1: db.script(_V1)})
 
 _CLAIM_COLUMNS = ("partition_id, attempts, model_key, dataset_key, key_hash, spec_json, "
                   "sample_start, sample_end, n_gpus, expires_at")
@@ -385,6 +400,18 @@ class Ledger:
                           traceback_tail, token))
             return True
 
+    def release(self, run_id: str, partition_id: str, token: str, *, now: float) -> bool:
+        """Hand a claimed partition back untouched by failure (the worker is stopping): pending
+        again, this attempt not counted, samples kept. False: the claim was lost."""
+        with self._write() as conn:
+            cur = conn.execute("UPDATE partitions SET status = 'pending', attempts = max(attempts - 1, 0), "
+                               "expires_at = NULL, heartbeat_at = ? WHERE run_id = ? AND partition_id = ? "
+                               "AND claim_token = ? AND status = 'running'", (now, run_id, partition_id, token))
+            if cur.rowcount != 1:
+                return False
+            conn.execute("UPDATE attempts SET outcome = 'released', finished_at = ? WHERE token = ?", (now, token))
+            return True
+
     def requeue(self, run_id: str, *, now: float) -> int:
         """For resume: failed partitions, and running ones whose lease expired, go back to pending
         with their attempt count reset. Their history stays in `attempts`. Returns how many."""
@@ -416,16 +443,17 @@ class Ledger:
             f"SELECT * FROM attempts WHERE {where} ORDER BY started_at, partition_id, attempt", params)]
 
     def samples(self, run_id: str, partition_id: str | None = None) -> Iterator[tuple[str, int, str]]:
-        """(partition_id, sample_index, output_json) in order, read a page at a time."""
-        where, params = "run_id = ?", [run_id]
-        if partition_id is not None:
-            where, params = where + " AND partition_id = ?", params + [partition_id]
-        after: tuple[str, int] = ("", -(2 ** 62))
+        """(partition_id, sample_index, output_json) in order, read a page at a time (each page
+        is one short query, so the iterator holds no lock or open statement between pages)."""
+        if partition_id is None:
+            sql = ("SELECT partition_id, sample_index, output_json FROM samples WHERE run_id = ? "
+                   "AND (partition_id, sample_index) > (?, ?) ORDER BY partition_id, sample_index LIMIT ?")
+        else:
+            sql = ("SELECT partition_id, sample_index, output_json FROM samples WHERE run_id = ? "
+                   "AND partition_id = ? AND sample_index > ? ORDER BY sample_index LIMIT ?")
+        after: tuple[str, int] = (partition_id or "", -(2 ** 62))
         while True:
-            page = self._read(
-                f"SELECT partition_id, sample_index, output_json FROM samples WHERE {where} "
-                "AND (partition_id, sample_index) > (?, ?) ORDER BY partition_id, sample_index LIMIT ?",
-                [*params, *after, PAGE])
+            page = self._read(sql, (run_id, *after, PAGE))
             for r in page:
                 yield r[0], r[1], r[2]
             if len(page) < PAGE:

@@ -129,6 +129,9 @@ def resolve_plan(plan: Plan, tasks: dict[str, object], index: Index | None = Non
         return None
 
     for m in plan.models:
+        if m.backend == "scripted":  # a stand-in model: nothing to find
+            models[m.name] = LocalModel(m.path, None, Path("."), f"scripted:{m.path}", False)
+            continue
         lm = attempt(lambda m=m: resolve_model(m.path, m.revision, m.trust_remote_code, index, f"model {m.name}:"),
                      m.name, hub_models, _with_rev(m.path, m.revision))
         if lm:
@@ -144,7 +147,7 @@ def resolve_plan(plan: Plan, tasks: dict[str, object], index: Index | None = Non
         if ref:
             datasets[d.abbr] = ref
         task = tasks[d.abbr]
-        if getattr(task, "fewshot", 0) and getattr(task, "fewshot_split", None):
+        if ref and getattr(task, "fewshot", 0) and getattr(task, "fewshot_split", None):
             fs = attempt(lambda d=d, t=task: data.resolve(d, split=t.fewshot_split, index=index), d.abbr,
                          hub_datasets, _with_rev(d.path, d.revision))
             if fs:

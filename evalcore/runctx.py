@@ -114,7 +114,7 @@ def units(ctx: RunContext, counts: dict[str, int]) -> list[Unit]:
         tok = ctx.resolved.tokenizers.get(m.name, lm)
         model_key = {
             "model": lm.fingerprint, "model_path": lm.load_path, "backend": m.backend,
-            "dtype": m.dtype, "tokenizer": tokenizer_hash(tok.folder), "chat_template": m.chat_template,
+            "dtype": m.dtype, "tokenizer": tokenizer_hash(tok.folder) if m.backend != "scripted" else None, "chat_template": m.chat_template,
             "max_seq_len": m.max_seq_len, "batch_padding": m.batch_padding,
             "model_kwargs": {k: str(v) for k, v in sorted(m.model_kwargs.items()) if k not in ("device_map",)},
             "tokenizer_kwargs": {k: str(v) for k, v in sorted(m.tokenizer_kwargs.items())},

@@ -24,7 +24,7 @@ import time
 import traceback
 from pathlib import Path
 
-FAULTS_ENV = "EVALCORE_FAULTS"  # test hook: "raise@<partition-id prefix>,..."
+FAULTS_ENV = "EVALCORE_FAULTS"  # test hook: "raise@<partition prefix>", "slow@<partition prefix>" (0.3 s a chunk)
 
 
 class ClaimLost(Exception):
@@ -183,7 +183,8 @@ class Worker:
             self.backend, self.loaded = None, None
         spec = self.models[name]
         started = time.time()
-        self.backend = make_backend(spec, self.ctx.resolved, self.threads, bool(self.n_gpus))
+        fake = bool(os.environ.get("EVALCORE_FAKE_GPUS"))  # declared devices that torch cannot see
+        self.backend = make_backend(spec, self.ctx.resolved, self.threads, bool(self.n_gpus) and not fake)
         self.loaded = name
         self.ledger.record_load(self.run_id, self.worker_id, name, started_at=started, seconds=time.time() - started)
         print(f"[{self.worker_id}] loaded {name} in {time.time() - started:.1f} s", flush=True)
@@ -203,9 +204,11 @@ class Worker:
         from .scoring import score_gen, score_ll
         from .tasks import build_context, fewshot_rows
 
+        slow = False
         for kind, target in _faults():
             if kind == "raise" and claim.partition_id.startswith(target):
                 raise RuntimeError(f"injected fault in {claim.partition_id} ({FAULTS_ENV})")
+            slow = slow or (kind == "slow" and claim.partition_id.startswith(target))
         spec, dspec = self.models[claim.model_key], self.datasets[claim.dataset_key]
         task = self.tasks[claim.dataset_key]
         rows = self._rows_of(claim.dataset_key, "eval")
@@ -218,6 +221,8 @@ class Worker:
                 raise Stop()
             if self.hb.lost.is_set():
                 raise ClaimLost()
+            if slow:
+                time.sleep(0.3)
             idx = todo[start:start + chunk]
             contexts = [build_context(task, rows[i], fewshot_rows(task, pool, rows[i])) for i in idx]
             if task.mode == "ll":

@@ -15,12 +15,13 @@ from .base import (
     LoglikResult,
     ModelNotCachedError,
     ModelSettings,
+    bench_mc,
     prefetch_hint,
 )
 
 __all__ = [
     "Backend", "BackendError", "FrozenMap", "GenRequest", "LoglikRequest", "LoglikResult",
-    "ModelNotCachedError", "ModelSettings", "load_backend", "prefetch_hint",
+    "ModelNotCachedError", "ModelSettings", "bench_mc", "load_backend", "prefetch_hint",
 ]
 
 

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .base import (
     BackendError,
@@ -64,6 +64,7 @@ DTYPES = {
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
 }
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 TOKENIZER_ATTRS = ("padding_side", "truncation_side")   # set on the tokenizer, not passed to it
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _BOOL_WORDS = {"true": True, "false": False}
@@ -295,7 +296,8 @@ class HFBackend:
         try:
             tok = AutoTokenizer.from_pretrained(self._tok_src.name, **kwargs)
         except Exception as exc:  # noqa: BLE001 - every loading failure becomes one clear error
-            raise _load_error(exc, self._tok_src, "tokenizer") from exc
+            what = "tokenizer" if self.settings.tokenizer_path else "model"
+            raise _load_error(exc, self._tok_src, what) from exc
         for k, v in attrs.items():
             setattr(tok, k, v)
         # lm-eval's configure_pad_token, without adding tokens to the vocabulary
@@ -565,6 +567,13 @@ class HFBackend:
     def _attn_impl(self) -> str:
         return str(getattr(self.model.config, "_attn_implementation", None) or "eager")
 
+    @property
+    def packing_mode(self) -> str | None:
+        """How multiple-choice requests are scored: "hidden" (LM head on the scored positions
+        only), "logits" (the model's own head), "off" (plain per-pair path, see
+        `packed_fallback_reason`), or None before the first packed request."""
+        return self._pack_mode
+
     def _packing_available(self) -> bool:
         if self._pack_mode is None:
             self._pack_mode, self.packed_fallback_reason = self._probe_packing()
@@ -577,10 +586,14 @@ class HFBackend:
             return "off", f"attention implementation {impl!r} does not take a custom 4D mask"
         if getattr(self.model.config, "is_encoder_decoder", False):
             return "off", "encoder-decoder model"
+        conts = [tuple(self.tok_encode(t, add_special_tokens=False))[:6]
+                 for t in (" then it runs far away", " sleeps", " eats an apple")]
+        conts = [c for c in conts if c]
         ctx = tuple(self.tok_encode("The probe context: a fox jumps over the lazy dog and"))
-        conts = [tuple(self.tok_encode(" then it runs far away")), tuple(self.tok_encode(" sleeps")),
-                 tuple(self.tok_encode(" eats an apple"))]
-        conts = [c for c in conts if len(c) >= 1] or [(ctx[-1],)]
+        room = self._row_cap() - sum(len(c) - 1 for c in conts)
+        ctx = ctx[-max(2, min(len(ctx), room)):]
+        if not conts:
+            conts = [ctx[-1:]]
         pairs = [_Pair((0, j), ctx, c, False) for j, c in enumerate(conts)]
         rows = [_Row(ctx, tuple(pairs)), _Row(ctx[:4], (_Pair((1, 0), ctx[:4], conts[0], False),))]
         reference = []
@@ -593,7 +606,14 @@ class HFBackend:
         reference = torch.cat(reference)
         tol = 1e-3 if self.model.dtype == torch.float32 else 3e-2
         reasons = []
-        for mode in ("hidden", "logits"):
+        modes = ("hidden", "logits")
+        cfg = self.model.config
+        scaled = [a for a in LOGIT_TRANSFORMS if getattr(cfg, a, None) is not None
+                  and (a.endswith("softcapping") or getattr(cfg, a) != 1)]
+        if scaled:   # the CausalLM forward transforms the head's output: keep its own forward
+            modes = ("logits",)
+            reasons.append(f"hidden: skipped, config sets {', '.join(scaled)}")
+        for mode in modes:
             try:
                 got, _ = self._packed_logits(rows, mode)
             except Exception as exc:  # noqa: BLE001 - any failure means this way does not work here
