@@ -206,7 +206,21 @@ def load_plan(path: str | os.PathLike) -> Plan:
         raise PlanError(f"plan file {p} does not exist") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise PlanError(f"plan file {p} is not valid TOML: {exc}") from None
-    return parse_plan(doc, str(p))
+    return _relative_to(parse_plan(doc, str(p)), p.resolve().parent)
+
+
+def _relative_to(plan: Plan, base: Path) -> Plan:
+    """Local model folders and data files named relative to the plan file are found from there."""
+
+    def fix(path: str | None) -> str | None:
+        if not path or Path(path).is_absolute() or path.startswith("~"):
+            return path
+        candidate = base / path
+        return str(candidate) if (path.startswith(".") or candidate.exists()) else path
+
+    models = tuple(replace(m, path=fix(m.path), tokenizer_path=fix(m.tokenizer_path)) for m in plan.models)
+    datasets = tuple(replace(d, path=fix(d.path)) for d in plan.datasets)
+    return Plan(models, datasets, plan.run)
 
 
 def parse_kwargs(items: tuple[str, ...] | list[str], what: str) -> dict:
