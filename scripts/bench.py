@@ -3,7 +3,7 @@ measured in the same run on the same machine (these machines are shared and nois
 
     python scripts/bench.py [--only SECTION ...] [--bundle-mb N]
 
-Sections: bundles (prefetch / verify / import / start-up). Results of sections not run this
+Sections: bundles (prefetch / verify / import / start-up), engine (ledger throughput, model loads). Results of sections not run this
 time are kept from the previous docs/benchmarks.md (build/bench/results.json).
 """
 
@@ -16,7 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,12 +45,12 @@ def main() -> None:
     args = ap.parse_args()
     BUILD.mkdir(parents=True, exist_ok=True)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    sections = {"bundles": lambda: bench_bundles(args.bundle_mb)}
+    sections = {"bundles": lambda: bench_bundles(args.bundle_mb), "engine": bench_engine}
     for name, fn in sections.items():
         if args.only is None or name in args.only:
             print(f"== {name}", flush=True)
             results[name] = fn()
-            results[name]["measured"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            results[name]["measured"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     RESULTS.write_text(json.dumps(results, indent=1))
     DOC.write_text(render(results))
     print(f"wrote {DOC}")
@@ -62,6 +62,12 @@ def bench_bundles(total_mb: int) -> dict:
     return run(BUILD / "bundles", total_mb, timed)
 
 
+def bench_engine() -> dict:
+    from scripts.bench_engine import run
+
+    return run(BUILD / "engine")
+
+
 def render(results: dict) -> str:
     from scripts.bench_bundles import render as render_bundles
 
@@ -69,8 +75,12 @@ def render(results: dict) -> str:
            "Written by `make bench` (`python scripts/bench.py`). Every figure is a ratio to a reference "
            "measured in the same run on the same machine; absolute times are given for context only.",
            f"Machine: {platform.machine()}, {_cores()} cores, Python {platform.python_version()}.", ""]
+    from scripts.bench_engine import render as render_engine
+
     if "bundles" in results:
         out += render_bundles(results["bundles"])
+    if "engine" in results:
+        out += render_engine(results["engine"])
     return "\n".join(out) + "\n"
 
 
