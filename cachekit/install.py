@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from filelock import FileLock
@@ -298,7 +298,7 @@ def _commit(plan: Plan, hub: Path, store: Path, bundle: str) -> None:
                 tmp.write_text(new)
                 os.replace(tmp, ref)
                 undo.replaced(ref, current)
-            Index(store).record_import(plan.entries, bundle, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            Index(store).record_import(plan.entries, bundle, datetime.now(UTC).isoformat(timespec="seconds"))
         except CachekitError:
             undo.rollback()
             raise

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from . import __version__
@@ -137,7 +137,7 @@ class BundleWriter:
         all_entries = mf.merge(self.old_manifest, entries)
         m = mf.Manifest(
             entries=tuple(all_entries),
-            created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             tool_version=__version__,
             libraries={"python": sys.version.split()[0], **libraries},
         )

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -36,7 +36,7 @@ URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 API_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 _TRUE = ("true", "True", "1")
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
-_EPOCH = datetime(2024, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 
 FileContent = bytes | bytearray | Path
 
