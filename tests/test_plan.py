@@ -108,3 +108,16 @@ def _run_in(cwd: Path, plan: Path, env: dict):
 
     return subprocess.run([sys.executable, "-m", "cli.evalcore_cli", "eval", str(plan)], cwd=cwd,
                           env=dict(env, PYTHONPATH=env["PYTHONPATH"]), capture_output=True, text=True, timeout=300)
+
+
+def test_worker_shapes_follow_the_remaining_work():
+    from evalcore.runners.local import plan_workers
+
+    assert plan_workers(0, 1, 3, {1: 10}) == [0, 0, 0]
+    assert plan_workers(8, 1, 8, {1: 100}) == [1] * 8
+    # 3/4 of the work needs 1 GPU, 1/4 needs 2: GPU-time 75 vs 50 -> 4.8 slots vs 3.2
+    shape = plan_workers(8, 1, 8, {1: 75, 2: 25})
+    assert sum(shape) <= 8 and shape.count(2) >= 1 and shape.count(1) >= 4
+    assert plan_workers(8, 1, 2, {1: 50, 2: 50}) == [1, 2]  # capped by --max-num-workers, one per class
+    assert plan_workers(4, 2, 8, {1: 10}) == [1] * 8  # two workers per GPU
+    assert plan_workers(2, 1, 4, {4: 10}) == []  # nothing fits (refused earlier, at plan time)

@@ -27,14 +27,34 @@ class _Proc:
     log: Path
 
 
-def plan_workers(ctx: RunContext, devices: list[str]) -> list[int]:
-    """GPUs per worker: on a host with GPUs, one entry per worker (the models' num_gpus in turn);
-    on a host without, every worker runs on the CPU (0)."""
-    n = ctx.plan.run.max_num_workers
-    if not devices:
-        return [0] * n
-    sizes = sorted({m.num_gpus for m in ctx.plan.models if m.num_gpus > 0}) or [0]
-    return [sizes[i % len(sizes)] for i in range(n)]
+def plan_workers(devices: int, slots_per_gpu: int, max_workers: int, remaining: dict[int, float]) -> list[int]:
+    """How many GPUs each worker gets, given the work left per GPU-size class (cost by n_gpus).
+
+    Without GPUs every worker runs on the CPU. With GPUs, the slots (devices x workers per GPU)
+    are shared between size classes in proportion to the GPU-time each class still needs, at
+    least one worker per class with work, never more workers than --max-num-workers. Pure."""
+    if devices == 0:
+        return [0] * max_workers
+    work = {n: c for n, c in remaining.items() if c > 0 and 0 < n <= devices}
+    if not work:
+        return []
+    capacity = devices * slots_per_gpu
+    weight = {n: c * n for n, c in work.items()}
+    total = sum(weight.values())
+    count = {n: max(1, int(capacity * weight[n] / total) // n) for n in work}
+    while sum(count.values()) > max_workers or sum(n * k for n, k in count.items()) > capacity:
+        n = max((n for n in count if count[n] > 1), key=lambda n: count[n] * n, default=None)
+        if n is None:
+            break
+        count[n] -= 1
+    # spare slots (rounding): give them to the class with the most work per worker
+    while sum(count.values()) < max_workers:
+        fits = [n for n in count if sum(m * k for m, k in count.items()) + n <= capacity]
+        if not fits:
+            break
+        n = max(fits, key=lambda n: weight[n] / (count[n] * n))
+        count[n] += 1
+    return [n for n in sorted(count) for _ in range(count[n])]
 
 
 class LocalRunner:
@@ -66,33 +86,52 @@ class LocalRunner:
     def run(self) -> None:
         ledger = Ledger(self.ctx.ledger_path, create=False)
         devices = discover_gpus(os.environ)
-        shape = plan_workers(self.ctx, devices)
-        threads = self.ctx.plan.run.threads or max(1, (os.cpu_count() or 1) // len(shape)) if not devices else None
-        budget = len(shape) * (self.ctx.plan.run.max_attempts + 2) + len(ledger.partitions(self.ctx.run_id))
+        settings = self.ctx.plan.run
+        n_parts = len(ledger.partitions(self.ctx.run_id))
+        budget = settings.max_num_workers * (settings.max_attempts + 2) + n_parts
         try:
-            for g in shape:
-                self._spawn(g, threads)
             while True:
-                time.sleep(self.poll_s)
                 rows = ledger.progress(self.ctx.run_id)
                 self.on_progress(rows)
                 open_parts = sum(r["partitions"]["pending"] + r["partitions"]["running"] for r in rows)
-                alive = [p for p in self.procs if p.popen.poll() is None]
                 if open_parts == 0:
                     break
-                if len(alive) < len(shape) and self.spawned < budget and self._claimable_now(ledger):
-                    # a worker died (its partition's lease has expired), or more work is claimable: refill
-                    missing = len(shape) - len(alive)
-                    for g in shape[:missing]:
-                        self._spawn(g, threads)
-                elif not alive and self.spawned >= budget:
+                alive = [p for p in self.procs if p.popen.poll() is None]
+                if self.spawned < budget:
+                    self._refill(ledger, alive, devices)
+                elif not alive:
                     break
+                time.sleep(self.poll_s)
             self._stop_all(grace=30)
         except BaseException:
             self._stop_all(grace=10)
             raise
         finally:
             ledger.close()
+
+    def _refill(self, ledger: Ledger, alive: list[_Proc], devices: list[str]) -> None:
+        """Start workers for claimable work, shaped by the GPU sizes of what is left."""
+        settings = self.ctx.plan.run
+        now = time.time()
+        remaining: dict[int, float] = {}
+        claimable: set[int] = set()
+        for p in ledger.partitions(self.ctx.run_id):
+            if p["status"] in ("pending", "running"):
+                n = p["n_gpus"] if devices else 0
+                remaining[n] = remaining.get(n, 0.0) + p["cost"]
+                if p["status"] == "pending" or (p["expires_at"] or 0) < now:
+                    claimable.add(n)
+        shape = plan_workers(len(devices), settings.max_workers_per_gpu, settings.max_num_workers, remaining)
+        have: dict[int, int] = {}
+        for p in alive:
+            have[p.gpus] = have.get(p.gpus, 0) + 1
+        threads = None if devices else (settings.threads or max(1, (os.cpu_count() or 1) // max(1, len(shape))))
+        for n in sorted(set(shape)):
+            want = shape.count(n) - have.get(n, 0)
+            for _ in range(max(0, want) if n in claimable else 0):
+                if len(alive) >= settings.max_num_workers:
+                    return
+                alive.append(self._spawn(n, threads))
 
     def _claimable_now(self, ledger: Ledger) -> bool:
         """Pending work, or running work whose lease expired (its worker died)."""
