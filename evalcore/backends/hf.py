@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import inspect
 import json
 import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -52,22 +54,26 @@ TOKENIZER_INFINITY = 1000000000000000019884624838656
 CPU_TOKEN_BUDGET = 256             # padded tokens per packed forward pass; fastest measured on CPU
 CPU_AUTO_BATCH = 8                 # "auto" batch size on CPU
 GPU_AUTO_BATCH = 64                # "auto" start on GPU (lm-eval's max_batch_size), halved on OOM
-PACKED_ATTENTION = {"sdpa": "bool", "eager": "float"}   # implementation -> 4D mask kind it takes
+PACKED_ATTENTION = MappingProxyType({"sdpa": "bool", "eager": "float"})  # implementation -> mask kind
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model",
     "sentencepiece.bpe.model", "chat_template.jinja", "chat_template.json",
 )
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".msgpack", ".h5")
-DTYPES = {
+DTYPES = MappingProxyType({
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
+})
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 TOKENIZER_ATTRS = ("padding_side", "truncation_side")   # set on the tokenizer, not passed to it
+NON_SEMANTIC_KWARGS = frozenset({"cache_dir", "device_map", "local_files_only", "low_cpu_mem_usage",
+                                 "max_memory", "offload_folder", "offload_state_dict", "force_download",
+                                 "token", "revision"})
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_BOOL_WORDS = {"true": True, "false": False}
+_BOOL_WORDS = MappingProxyType({"true": True, "false": False})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,9 +107,8 @@ def _sha256_bytes(*parts: bytes) -> str:
     return h.hexdigest()
 
 
-def _sha256_file(path: Path, h: Any = None) -> str:
-    own = h is None
-    h = hashlib.sha256() if own else h
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(8 << 20):
             h.update(chunk)
@@ -112,6 +117,11 @@ def _sha256_file(path: Path, h: Any = None) -> str:
 
 def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _semantic(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The kwargs that can change results, JSON-normalised (device placement and paths dropped)."""
+    return json.loads(_canonical({k: v for k, v in kwargs.items() if k not in NON_SEMANTIC_KWARGS}))
 
 
 def _exception_chain(exc: BaseException) -> list[BaseException]:
@@ -276,6 +286,7 @@ class HFBackend:
         self._pack_mode: str | None = None       # "hidden" | "logits" | "off", decided by a probe
         self.packed_fallback_reason: str | None = None
         self._identity: dict[str, Any] | None = None
+        self._logits_to_keep: bool | None = None
         self._closed = False
 
     # -- loading --------------------------------------------------------------------------------
@@ -551,16 +562,29 @@ class HFBackend:
         ids = torch.zeros((len(inps), T), dtype=torch.long)
         for b, x in enumerate(inps):
             ids[b, :len(x)] = torch.tensor(x)
+        first = min(len(x) - len(p.cont) for x, p in zip(inps, pairs, strict=True))
+        kwargs = {"logits_to_keep": T - first} if self._takes_logits_to_keep() else {}
         with torch.inference_mode():
-            logits = self.model(input_ids=ids.to(self.device), use_cache=False).logits
+            logits = self.model(input_ids=ids.to(self.device), use_cache=False, **kwargs).logits
+            shift = T - logits.shape[1]      # positions dropped in front by logits_to_keep
             b_idx, t_idx, targets = [], [], []
             for b, (x, p) in enumerate(zip(inps, pairs, strict=True)):
                 n = len(p.cont)
                 b_idx.extend([b] * n)
-                t_idx.extend(range(len(x) - n, len(x)))
+                t_idx.extend(range(len(x) - n - shift, len(x) - shift))
                 targets.extend(p.cont)
             picked = logits[torch.tensor(b_idx, device=logits.device), torch.tensor(t_idx, device=logits.device)]
         self._collect(picked.float(), torch.tensor(targets), pairs, scores)
+
+    def _takes_logits_to_keep(self) -> bool:
+        """Whether the CausalLM forward can skip the LM head on the leading positions."""
+        if self._logits_to_keep is None:
+            try:
+                params = inspect.signature(self.model.forward).parameters
+            except (TypeError, ValueError):
+                params = {}
+            self._logits_to_keep = "logits_to_keep" in params
+        return self._logits_to_keep
 
     # -- the packing probe ----------------------------------------------------------------------
 
@@ -752,7 +776,10 @@ class HFBackend:
     # -- identity -------------------------------------------------------------------------------
 
     def identity(self) -> dict[str, Any]:
-        """What the answers depend on; `digest` is a sha256 over all the other fields."""
+        """What the answers depend on. `digest` is a sha256 over the content fields (weights and
+        config hash, class, dtype, tokenizer and chat template hashes, max length, kwargs that
+        change results, library versions), so a local copy and the hub cache of the same files
+        agree; `model_commit` / `tokenizer_commit` (hub snapshots) and `source` are informative."""
         self._check_open()
         if self._identity is None:
             self._identity = self._compute_identity()
@@ -765,22 +792,21 @@ class HFBackend:
             commit = folder.name
         return folder, commit
 
-    def _model_hash(self, folder: Path | None, commit: str | None) -> str:
+    def _model_hash(self, folder: Path | None) -> str:
+        """sha256 over config.json, generation_config.json and each weight file's name, size and
+        sha256. In the hub cache a weight blob is named by its sha256 (LFS), so nothing is read;
+        a local folder's weights are hashed once per backend."""
         if folder is None:
             return _sha256_bytes(_canonical(self.model.config.to_dict()).encode())
         h = hashlib.sha256()
-        h.update(f"commit={commit}\n".encode())
-        for f in sorted(folder.iterdir()):
+        for f in sorted(folder.iterdir(), key=lambda p: p.name):
             if not f.is_file():
                 continue
             if f.name.endswith(WEIGHT_SUFFIXES) or f.name.endswith(".index.json"):
                 real = Path(os.path.realpath(f))
-                if commit is not None:
-                    # in the hub cache the blob's name is its etag (sha256 for LFS files)
-                    h.update(f"{f.name}:{real.stat().st_size}:{real.name}\n".encode())
-                else:
-                    h.update(f"{f.name}:{real.stat().st_size}:".encode())
-                    _sha256_file(real, h)
+                digest = real.name if _SHA256_HEX.match(real.name) and real.parent.name == "blobs" \
+                    else _sha256_file(real)
+                h.update(f"{f.name}:{real.stat().st_size}:{digest}\n".encode())
             elif f.name in ("config.json", "generation_config.json"):
                 h.update(f"{f.name}:".encode())
                 h.update(f.read_bytes())
@@ -800,25 +826,25 @@ class HFBackend:
         template = getattr(self.tokenizer, "chat_template", None)
         ident: dict[str, Any] = {
             "backend": "hf",
-            "model_path": self.settings.path,
-            "model_revision": self.settings.revision,
-            "model_commit": model_commit,
-            "model_hash": self._model_hash(model_folder, model_commit),
+            "model_hash": self._model_hash(model_folder),
             "model_class": type(self.model).__name__,
             "model_type": getattr(self.model.config, "model_type", None),
             "dtype": str(self.model.dtype).replace("torch.", ""),
-            "tokenizer_path": self.settings.tokenizer_path or self.settings.path,
-            "tokenizer_commit": tok_commit,
             "tokenizer_class": type(self.tokenizer).__name__,
             "tokenizer_hash": self._tokenizer_hash(tok_folder),
             "chat_template": bool(self.settings.chat_template),
             "chat_template_hash": _sha256_bytes(_canonical(template).encode()) if template else None,
             "max_length": self.max_length,
-            "model_kwargs": json.loads(_canonical(self._model_kwargs)),
-            "tokenizer_kwargs": json.loads(_canonical(self._tokenizer_kwargs)),
+            "model_kwargs": _semantic(self._model_kwargs),
+            "tokenizer_kwargs": _semantic(self._tokenizer_kwargs),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         }
         ident["digest"] = hashlib.sha256(_canonical(ident).encode()).hexdigest()
+        ident.update(model_commit=model_commit, tokenizer_commit=tok_commit, source={
+            "model_path": self.settings.path, "model_revision": self.settings.revision,
+            "tokenizer_path": self.settings.tokenizer_path or self.settings.path,
+            "tokenizer_revision": self.settings.tokenizer_revision if self.settings.tokenizer_path
+            else self.settings.revision})
         return ident
 
     # -- lifecycle ------------------------------------------------------------------------------
