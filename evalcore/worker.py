@@ -55,8 +55,10 @@ class Heartbeat(threading.Thread):
 
     def run(self) -> None:
         from .ledger import Ledger
+        from .spool import SpoolLedger
 
-        ledger = Ledger(self.ledger_path, create=False)
+        spool = getattr(self, "spool", None)  # (spool dir, channel, timeout) under Slurm: set by Worker
+        ledger = SpoolLedger(spool[0], spool[1], timeout_s=spool[2]) if spool else Ledger(self.ledger_path, create=False)
         interval = max(0.2, self.lease_s / 4)
         while not self.stop.wait(interval):
             if self.parent_pid and os.getppid() != self.parent_pid:
@@ -81,14 +83,19 @@ def _faults() -> list[tuple[str, str]]:
 
 
 class Worker:
-    def __init__(self, run_dir: Path, worker_id: str, gpus: int, threads: int | None, parent_pid: int) -> None:
+    def __init__(self, run_dir: Path, worker_id: str, gpus: int, threads: int | None, parent_pid: int,
+                 spool: Path | None = None, job_key: str = "", spool_timeout: float = 60.0,
+                 no_lease: bool = False) -> None:
         from .ledger import Ledger
         from .runctx import RunContext
+        from .spool import SpoolLedger
 
         self.ctx = RunContext.load(run_dir)
         self.run_id = self.ctx.run_id
         self.worker_id, self.n_gpus, self.threads = worker_id, gpus, threads
-        self.ledger = Ledger(self.ctx.ledger_path, create=False)
+        # Under Slurm the ledger stays with the driver; calls go through the spool (evalcore/spool.py).
+        self.ledger = (SpoolLedger(spool, job_key, timeout_s=spool_timeout) if spool
+                       else Ledger(self.ctx.ledger_path, create=False))
         self.plan = self.ctx.plan
         self.lease_s = self.plan.run.lease_seconds
         self.tasks = self.ctx.tasks()
@@ -97,6 +104,9 @@ class Worker:
         self.host = socket.gethostname()
         self.leases = None
         self.hb = Heartbeat(self.ctx.ledger_path, self.run_id, self.lease_s, parent_pid)
+        self.hb.spool = (spool, f"{job_key}.hb", spool_timeout) if spool else None  # its own channel
+        if no_lease:  # the scheduler already gave this job its GPUs (CUDA_VISIBLE_DEVICES): no lease table
+            self._lease_gpus = lambda: None
         self.backend = None
         self.loaded: str | None = None
         self._rows: dict[tuple[str, str], list[dict]] = {}
@@ -224,7 +234,7 @@ class Worker:
             if slow:
                 time.sleep(0.3)
             idx = todo[start:start + chunk]
-            contexts = [build_context(task, rows[i], fewshot_rows(task, pool, rows[i])) for i in idx]
+            contexts = [build_context(task, rows[i], fewshot_rows(task, pool, rows[i], i)) for i in idx]
             if task.mode == "ll":
                 choices = [task.choices(rows[i]) for i in idx]
                 reqs = [LoglikRequest(c, tuple(task.target_delimiter + x for x in ch)) for c, ch in zip(contexts, choices, strict=True)]
@@ -281,13 +291,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--parent-pid", type=int, default=0)
     ap.add_argument("--online", action="store_true", help="do not switch offline (evalcore eval --no-offline)")
+    ap.add_argument("--spool", type=Path, default=None, help="use the driver's ledger through this spool folder (Slurm)")
+    ap.add_argument("--job-key", default="", help="this job's spool channel (with --spool)")
+    ap.add_argument("--spool-timeout", type=float, default=60.0, help="seconds without an answer: the driver is gone")
+    ap.add_argument("--no-lease", action="store_true", help="no GPU lease table: the scheduler assigned the GPUs")
     args = ap.parse_args(argv)
+    if args.spool and not args.job_key:
+        ap.error("--spool needs --job-key")
     if not args.online:
         go_offline()
+    if args.no_lease:
+        print(f"[{args.worker_id}] pid {os.getpid()} on {socket.gethostname()}, slurm job "
+              f"{os.environ.get('SLURM_JOB_ID', '-')}, CUDA_VISIBLE_DEVICES="
+              f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}", flush=True)
+    from .spool import DriverGone
+
     try:
-        return Worker(args.run_dir, args.worker_id, args.gpus, args.threads, args.parent_pid).serve()
+        return Worker(args.run_dir, args.worker_id, args.gpus, args.threads, args.parent_pid, spool=args.spool,
+                      job_key=args.job_key, spool_timeout=args.spool_timeout, no_lease=args.no_lease).serve()
     except Stop:
         return 0
+    except DriverGone as exc:
+        print(f"[{args.worker_id}] stopping: {exc}", file=sys.stderr, flush=True)
+        return 3
 
 
 if __name__ == "__main__":

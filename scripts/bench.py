@@ -3,7 +3,8 @@ measured in the same run on the same machine (these machines are shared and nois
 
     python scripts/bench.py [--only SECTION ...] [--bundle-mb N]
 
-Sections: bundles (prefetch / verify / import / start-up), engine (ledger throughput, model loads). Results of sections not run this
+Sections: bundles (prefetch / verify / import / start-up), engine (ledger throughput, model loads),
+inference (evalcore vs lm-evaluation-harness, same requests). Results of sections not run this
 time are kept from the previous docs/benchmarks.md (build/bench/results.json).
 """
 
@@ -45,7 +46,8 @@ def main() -> None:
     args = ap.parse_args()
     BUILD.mkdir(parents=True, exist_ok=True)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    sections = {"bundles": lambda: bench_bundles(args.bundle_mb), "engine": bench_engine}
+    sections = {"bundles": lambda: bench_bundles(args.bundle_mb), "engine": bench_engine,
+                "inference": bench_inference}
     for name, fn in sections.items():
         if args.only is None or name in args.only:
             print(f"== {name}", flush=True)
@@ -68,6 +70,12 @@ def bench_engine() -> dict:
     return run(BUILD / "engine")
 
 
+def bench_inference() -> dict:
+    from scripts.bench_inference import run
+
+    return run(BUILD)
+
+
 def render(results: dict) -> str:
     from scripts.bench_bundles import render as render_bundles
 
@@ -81,6 +89,10 @@ def render(results: dict) -> str:
         out += render_bundles(results["bundles"])
     if "engine" in results:
         out += render_engine(results["engine"])
+    if "inference" in results:
+        from scripts.bench_inference import render as render_inference
+
+        out += render_inference(results["inference"])
     return "\n".join(out) + "\n"
 
 

