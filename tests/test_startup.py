@@ -39,3 +39,25 @@ def test_every_command_has_help_with_an_example(cmd):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "Example" in r.stdout or "Online host:" in r.stdout
+
+
+def test_status_and_gpus_import_nothing_heavy(tmp_path):
+    """`evalcore status` and `evalcore gpus` read SQLite only: no torch, no HF library."""
+    from tests.conftest import run_cli
+    from tests.test_engine import run_dir_of, scripted, write_plan
+
+    env = clean_env(HF_HOME=str(tmp_path / "hf"), EVALCORE_STATE_DIR=str(tmp_path / "state"), EVALCORE_FAKE_GPUS="2")
+    plan = write_plan(tmp_path / "plan.toml", scripted("alpha"), limit=4)
+    r = run_cli("evalcore", "eval", plan, env=env)
+    assert r.returncode == 0, r.stderr
+    run_dir = run_dir_of(r.stdout)
+    for args in (["status", str(run_dir)], ["gpus"], ["report", str(run_dir)]):
+        stmt = ("from click.testing import CliRunner; import cli.evalcore_cli as c; "
+                f"res = CliRunner().invoke(c.evalcore, {args!r}); assert res.exit_code == 0, res.output; "
+                "print(res.output, file=sys.stderr)")
+        p = subprocess.run([sys.executable, "-c", CODE.format(stmt=stmt, heavy=HEAVY)], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.strip() == "", f"{args}: heavy modules imported: {p.stdout.strip()}"
+        if args == ["gpus"]:
+            assert "devices: 0, 1" in p.stderr and "gpu 0 slot 0: free" in p.stderr
