@@ -85,6 +85,7 @@ class RunSettings:
     lease_seconds: float = 60.0
     max_attempts: int = 3
     threads: int | None = None
+    reload_per_partition: bool = False  # OpenCompass's policy (a fresh model for every task): for comparisons
     slurm: Mapping = field(default_factory=_empty)  # partition, qos, time, extra_args (see the Slurm runner)
 
 

@@ -172,10 +172,13 @@ class Worker:
             print(f"[{self.worker_id}] done {claim.partition_id} in {time.time() - t0:.1f} s", flush=True)
         except ClaimLost:
             print(f"[{self.worker_id}] lost the claim on {claim.partition_id} (lease expired); moving on", flush=True)
-        except Stop:
-            self.ledger.fail(self.run_id, claim.partition_id, claim.token, now=time.time(), error_class="Interrupted",
-                             message="the worker was stopped; the partition is handed back", traceback_tail="",
-                             retry=True)
+        except Stop:  # handed back without using up an attempt
+            if hasattr(self.ledger, "release"):
+                self.ledger.release(self.run_id, claim.partition_id, claim.token, now=time.time())
+            else:
+                self.ledger.fail(self.run_id, claim.partition_id, claim.token, now=time.time(),
+                                 error_class="Interrupted", message="the worker was stopped; handed back",
+                                 traceback_tail="", retry=True)
         except Exception as exc:  # the partition failed; the worker goes on with the next one
             tb = traceback.format_exc()
             print(tb, file=sys.stderr, flush=True)
@@ -184,6 +187,9 @@ class Worker:
                              traceback_tail="\n".join(tb.splitlines()[-25:]), retry=False)
         finally:
             self.hb.track(None)
+            if self.plan.run.reload_per_partition and self.backend is not None:
+                self.backend.close()  # OpenCompass's policy, kept for comparison benchmarks
+                self.backend, self.loaded = None, None
 
     def _ensure_model(self, name: str) -> None:
         if self.loaded == name:

@@ -4,7 +4,7 @@ measured in the same run on the same machine (these machines are shared and nois
     python scripts/bench.py [--only SECTION ...] [--bundle-mb N]
 
 Sections: bundles (prefetch / verify / import / start-up), engine (ledger throughput, model loads),
-inference (evalcore vs lm-evaluation-harness, same requests). Results of sections not run this
+inference (evalcore vs lm-evaluation-harness, same requests), sched (makespan on 8 fake GPUs). Results of sections not run this
 time are kept from the previous docs/benchmarks.md (build/bench/results.json).
 """
 
@@ -47,7 +47,7 @@ def main() -> None:
     BUILD.mkdir(parents=True, exist_ok=True)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     sections = {"bundles": lambda: bench_bundles(args.bundle_mb), "engine": bench_engine,
-                "inference": bench_inference}
+                "inference": bench_inference, "sched": lambda: bench_sched(results)}
     for name, fn in sections.items():
         if args.only is None or name in args.only:
             print(f"== {name}", flush=True)
@@ -68,6 +68,18 @@ def bench_engine() -> dict:
     from scripts.bench_engine import run
 
     return run(BUILD / "engine")
+
+
+def bench_sched(results: dict) -> dict:
+    """Costs from the inference section's SmolLM2 ARC run when there is one."""
+    from scripts.bench_sched import run
+
+    costs = None
+    inf = results.get("inference", {}).get("models", {}).get("SmolLM2-135M-Instruct")
+    if inf:
+        arc = next(x for x in inf if x["task"] == "arc")
+        costs = {"load_s": inf[0].get("load_s", 3.0), "sample_s": arc["seconds"]["ours"] / arc["n"]}
+    return run(BUILD / "sched", costs)
 
 
 def bench_inference() -> dict:
@@ -93,6 +105,10 @@ def render(results: dict) -> str:
         from scripts.bench_inference import render as render_inference
 
         out += render_inference(results["inference"])
+    if "sched" in results:
+        from scripts.bench_sched import render as render_sched
+
+        out += render_sched(results["sched"])
     return "\n".join(out) + "\n"
 
 
