@@ -49,7 +49,7 @@ def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None]
     from .runctx import RunContext, check_run_dir, new_run_id, units
 
     devices = discover_gpus(os.environ)
-    if devices:
+    if devices and plan.run.runner == "local":  # under Slurm the cluster's nodes decide
         for m in plan.models:
             if m.num_gpus > len(devices):
                 raise PlanError(f"model {m.name} needs {m.num_gpus} GPUs but this host has {len(devices)} "
@@ -66,7 +66,8 @@ def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None]
     counts = {abbr: data.count_rows(ref) for abbr, ref in resolved.datasets.items()}
     parts = split(units(ctx, counts), plan.run.max_partition_size)
     rows = [PartitionRow(p.partition_id, p.model, p.dataset, p.key_hash, p.key_json, "{}", p.start, p.end, p.cost,
-                         p.n_gpus if devices else 0, plan.run.max_attempts) for p in parts]
+                         p.n_gpus if (devices or plan.run.runner == "slurm") else 0, plan.run.max_attempts)
+            for p in parts]
     return ctx, rows
 
 

@@ -290,6 +290,10 @@ def validate(plan: Plan) -> Plan:
         raise PlanError("max_num_workers and max_workers_per_gpu must be >= 1")
     if plan.run.runner not in ("local", "slurm"):
         raise PlanError(f"unknown runner {plan.run.runner!r} (local or slurm)")
+    if plan.run.runner == "slurm" or plan.run.slurm:
+        from .runners.slurm import slurm_settings
+
+        slurm_settings(plan.run.slurm)  # unknown or bad keys fail here, before a run folder exists
     return plan
 
 

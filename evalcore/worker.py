@@ -110,18 +110,17 @@ class Worker:
         self.backend = None
         self.loaded: str | None = None
         self._rows: dict[tuple[str, str], list[dict]] = {}
-        self._stop = threading.Event()
+        self._stopping = False  # set by a signal handler: a plain flag (an Event's lock can deadlock there)
 
     # -- lifecycle -------------------------------------------------------------------------
     def serve(self) -> int:
-        signal.signal(signal.SIGTERM, lambda *a: self._stop.set())
-        signal.signal(signal.SIGINT, lambda *a: self._stop.set())
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
         self.hb.start()
         try:
             if self.n_gpus:
                 self._lease_gpus()
-            eligible = {m.name for m in self.plan.models if (m.num_gpus if self.n_gpus else 0) == self.n_gpus
-                        or not self.n_gpus}
+            eligible = self._eligible_models()
             while not self._should_stop():
                 claim = self.ledger.claim(self.run_id, self.worker_id, now=time.time(), lease_s=self.lease_s,
                                           pid=os.getpid(), host=self.host, prefer_model=self.loaded,
@@ -138,8 +137,20 @@ class Worker:
                 self.backend.close()
             self.ledger.close()
 
+    def _eligible_models(self) -> set[str]:
+        """Models this worker may run: those needing exactly its GPU count; on a host without
+        GPUs (every worker on the CPU) all of them."""
+        from .gpus import discover_gpus
+
+        if self.n_gpus == 0 and not discover_gpus(os.environ):
+            return {m.name for m in self.plan.models}
+        return {m.name for m in self.plan.models if m.num_gpus == self.n_gpus}
+
+    def _on_signal(self, *_: object) -> None:
+        self._stopping = True
+
     def _should_stop(self) -> bool:
-        return self._stop.is_set() or self.hb.orphaned.is_set()
+        return self._stopping or self.hb.orphaned.is_set()
 
     def _lease_gpus(self) -> None:
         from .gpus import discover_gpus, visible_devices_env
