@@ -68,7 +68,19 @@ def model_loads(work: Path) -> dict:
     parts = con.execute("SELECT count(*) FROM partitions").fetchone()[0]
     loads = con.execute("SELECT count(*) FROM loads").fetchone()[0]
     con.close()
-    return {"models": 2, "datasets": 6, "workers": 2, "partitions": parts, "loads": loads}
+    status_s = _median_wall([sys.executable, "-m", "cli.evalcore_cli", "status", str(run_dir)], env)
+    python_s = _median_wall([sys.executable, "-c", "pass"], env)
+    return {"models": 2, "datasets": 6, "workers": 2, "partitions": parts, "loads": loads,
+            "status_s": status_s, "python_s": python_s}
+
+
+def _median_wall(cmd: list[str], env: dict, repeat: int = 5) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True)
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
 
 
 def run(work: Path) -> dict:
@@ -99,5 +111,8 @@ def render(r: dict) -> list[str]:
         f"{lo['partitions']} partitions with {lo['workers']} workers (scripted backend, 0.5 s a load): "
         f"**{lo['loads']} loads** (goal: no more than models x workers = {bound}; "
         f"{'met' if lo['loads'] <= bound else 'missed'}). A reload-per-task policy would load {lo['partitions']} times.",
+        "",
+        f"`evalcore status` on that run: {lo['status_s'] * 1000:.0f} ms wall (bare `python -c pass`: "
+        f"{lo['python_s'] * 1000:.0f} ms); it reads SQLite only (no torch, no HF library). Goal < 500 ms.",
         "", f"Reproduce: `{r['cmd']}`", "",
     ]
