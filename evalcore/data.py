@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from cachekit.checksum import sha256_file
 from cachekit.errors import CachekitError
 from cachekit.index import Index
 
@@ -32,21 +32,13 @@ def resolve(spec: DatasetSpec, split: str | None = None, index: Index | None = N
         p = Path(spec.path).expanduser()
         if not p.is_file():
             raise MissingArtefact(f"dataset {spec.abbr}: local file {p} does not exist")
-        return DataRef(p, _sha256(p), str(p))
+        return DataRef(p, sha256_file(p), str(p))
     index = index or Index()
     try:
         info = index.split_info(spec.path, spec.config, split, spec.revision)
     except CachekitError as exc:
         raise MissingArtefact(f"dataset {spec.abbr}: {exc}", hint=exc.hint) from None
     return DataRef(info.path, info.sha256, f"{spec.path}@{info.commit[:12]} {info.config}/{split}")
-
-
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_rows(ref: DataRef) -> list[dict]:

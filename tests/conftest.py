@@ -15,10 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 NETGUARD = Path(__file__).parent / "netguard"
 ARC_JSONL = ROOT / "bundles" / "demo" / "data" / "ai2_arc" / "ARC-Easy" / "validation.jsonl"
 
-sys.path.insert(0, str(NETGUARD))
-from tests_netguard_impl import install as _install_guard  # noqa: E402
+from evalcore.offline import install_socket_guard  # noqa: E402
 
-_install_guard()
+install_socket_guard()  # in this process; subprocesses get it from tests/netguard/sitecustomize.py
 
 from tests.hubserver import hub_server  # noqa: E402,F401,F811  (fixture)
 

@@ -300,3 +300,10 @@ def test_offline_guard_names_host_and_port():
             "try:\n    apply_offline_env()\nexcept Exception as e:\n    print(type(e).__name__, e)")
     r = subprocess.run([sys.executable, "-c", late], env=clean_env(), cwd=ROOT, capture_output=True, text=True)
     assert "OfflineViolation huggingface_hub was imported before offline mode was set" in r.stdout
+
+
+def test_every_test_subprocess_is_guarded():
+    code = ("import socket\ntry:\n    socket.create_connection(('203.0.113.9', 80), timeout=1)\n"
+            "except Exception as e:\n    print(type(e).__name__, e)")
+    r = subprocess.run([sys.executable, "-c", code], env=clean_env(), cwd=ROOT, capture_output=True, text=True)
+    assert "refused to look up 203.0.113.9:80" in r.stdout or "refused a connection to 203.0.113.9:80" in r.stdout

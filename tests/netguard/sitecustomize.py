@@ -1,6 +1,6 @@
-"""Loaded by every Python subprocess the tests start (PYTHONPATH): refuse network access
-beyond loopback, so no test can reach the internet by accident."""
+"""Loaded by every Python subprocess the tests start (PYTHONPATH): the product's own socket guard
+(evalcore.offline), so no test can reach beyond loopback by accident."""
 
-from tests_netguard_impl import install  # noqa: E402
+from evalcore.offline import install_socket_guard
 
-install()
+install_socket_guard()
