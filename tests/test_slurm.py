@@ -255,8 +255,9 @@ def test_job_that_can_never_start_fails_its_partitions(tmp_path, env):
     for status, cls, msg in rows:
         assert status == "failed" and cls == "FAILED"
         first = msg.splitlines()[0]
-        assert re.fullmatch(r"slurm job \d+ FAILED, exit code 1:0, on localhost; gave up after 2 failed job\(s\) "
-                            r"in a row without progress", first), first
+        # the node comes from sacct/scontrol; a job that failed at once may be gone from both
+        assert re.fullmatch(r"slurm job \d+ FAILED, exit code 1:0, on (localhost|an unknown node); gave up after 2 "
+                            r"failed job\(s\) in a row without progress", first), first
         assert "last lines of the job's output" in msg and ("PYTHONHOME" in msg or "encodings" in msg)
     assert 2 <= len(job_ids(run_dir)) <= 3  # 2 at once; one may have been replaced before giving up
     st = run_cli("evalcore", "status", run_dir, env=env)

@@ -233,29 +233,30 @@ class SlurmRunner:
                 out[parts[0]] = (parts[1], parts[4], parts[2], parts[3])
         return out
 
-    def _final_state(self, job_id: str) -> tuple[str, str]:
-        """(state, exit code "exit:signal") of a job that left the queue."""
-        r = self._cmd("sacct", "-X", "-n", "-P", "-j", job_id, "-o", "JobID,State,ExitCode")
+    def _final_state(self, job_id: str) -> tuple[str, str, str]:
+        """(state, exit code "exit:signal", node) of a job that left the queue."""
+        r = self._cmd("sacct", "-X", "-n", "-P", "-j", job_id, "-o", "JobID,State,ExitCode,NodeList")
         if r is not None and r.returncode == 0:
             for line in r.stdout.splitlines():
                 f = line.strip().split("|")
                 if len(f) >= 3 and f[0] == job_id and f[1]:
-                    return f[1].split()[0], f[2]
+                    return f[1].split()[0], f[2], _node(f[3] if len(f) > 3 else "")
         r = self._cmd("scontrol", "show", "job", "-o", job_id)
         if r is not None and r.returncode == 0 and "JobState=" in r.stdout:
             kv = dict(x.split("=", 1) for x in r.stdout.split() if "=" in x)
-            return kv.get("JobState", "UNKNOWN"), kv.get("ExitCode", "")
-        r = self._cmd("sacct", "-c", "-X", "-n", "-P", "-j", job_id, "--format=JobID,State,ExitCode")
+            return kv.get("JobState", "UNKNOWN"), kv.get("ExitCode", ""), _node(kv.get("NodeList", ""))
+        r = self._cmd("sacct", "-c", "-X", "-n", "-P", "-j", job_id, "--format=JobID,State,ExitCode,NodeList")
         if r is not None and r.returncode == 0:
             for line in r.stdout.splitlines():
                 f = line.strip().split("|")
                 if len(f) >= 3 and f[0] == job_id and f[1]:
-                    return f[1].split()[0], ""  # its ExitCode is not reliable (0:0 for TIMEOUT, CANCELLED)
+                    # its ExitCode is not reliable (0:0 for TIMEOUT, CANCELLED)
+                    return f[1].split()[0], "", _node(f[3] if len(f) > 3 else "")
         exit_file = self.slurm_dir / f"exit-{job_id}"
         if exit_file.is_file():
             rc = exit_file.read_text().strip()
-            return ("COMPLETED" if rc == "0" else "FAILED"), f"{rc}:0"
-        return "UNKNOWN", ""
+            return ("COMPLETED" if rc == "0" else "FAILED"), f"{rc}:0", ""
+        return "UNKNOWN", "", ""
 
     def _scancel(self, ids: list[str]) -> None:
         if ids:
@@ -418,15 +419,16 @@ class SlurmRunner:
             self._save_jobs()
 
     def _ended(self, ledger: Ledger, job: _Job) -> None:
-        state, exit_code = self._final_state(job.job_id)
+        state, exit_code, node = self._final_state(job.job_id)
         job.state, job.exit_code, job.ended_at = state, exit_code, time.time()
+        job.node = job.node or node
         tail = _tail(self._job_log(job.job_id), LOG_TAIL_LINES)
         self._log(f"job {job.job_id} (gpu:{job.gpus}) ended {state} exit {exit_code or '?'} on {job.node or '?'}")
         normal = state == "COMPLETED" and exit_code in ("", "0:0")
         if job.cancelled_by_us or normal:
             self._release_held(ledger, job, "the driver cancelled the job" if job.cancelled_by_us else "")
             return
-        head = f"slurm job {job.job_id} {state}, exit code {exit_code or '?'}, on {job.node or '?'}"
+        head = f"slurm job {job.job_id} {state}, exit code {exit_code or '?'}, on {job.node or 'an unknown node'}"
         message = (head + f"\nlog: {self._job_log(job.job_id)}"
                    + ("\n--- last lines of the job's output ---\n" + tail if tail else ""))
         cls = state if state in ABNORMAL else f"SlurmJob{state.title()}"
@@ -683,6 +685,12 @@ class SlurmRunner:
         """(job id, state, exit code, log) of the jobs that ended abnormally."""
         return [(j.job_id, j.state, j.exit_code, self._job_log(j.job_id)) for j in self.jobs.values()
                 if j.ended and not j.cancelled_by_us and not (j.state == "COMPLETED" and j.exit_code in ("", "0:0"))]
+
+
+def _node(nodelist: str) -> str:
+    """A node name from a NodeList field ('' when the job never got one)."""
+    nodelist = nodelist.strip()
+    return "" if nodelist in ("", "(null)", "None assigned") else nodelist
 
 
 def _tail(path: Path, n: int) -> str:
