@@ -145,6 +145,7 @@ def render(r: dict) -> list[str]:
         f"`cachekit --help`: {r['help_s'] * 1000:.0f} ms wall (bare `python -c pass`: {r['python_s'] * 1000:.0f} ms); "
         "goal < 500 ms.", "",
         "verify hashes on up to 4 threads (hashlib uses the SHA extensions of the CPU); `sha256sum` "
-        "uses one thread. prefetch hashes every downloaded file and stores it once.", "",
+        "uses one thread. prefetch trails `snapshot_download` because it also hashes every downloaded file "
+        "(sha256, for the manifest) and moves it into the bundle; `snapshot_download` trusts the transfer.", "",
         f"Reproduce: `{r['cmd']}`", "",
     ]

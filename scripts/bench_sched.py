@@ -52,10 +52,25 @@ def one_run(work: Path, load_s: float, sample_s: float, n: int, part: int, reloa
     return {"makespan": makespan, "loads": loads, "partitions": parts[0], "gpu_samples": parts[1]}
 
 
+def measure_load(model: Path) -> float:
+    """What a fresh worker pays before its first sample: interpreter, imports, SmolLM2 load."""
+    code = ("import time, sys; t = time.perf_counter(); sys.path.insert(0, sys.argv[2])\n"
+            "from evalcore.backends.base import ModelSettings\nfrom evalcore.backends.hf import HFBackend\n"
+            "HFBackend(ModelSettings(path=sys.argv[1], threads=1)); print(time.perf_counter() - t)")
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code, str(model), str(ROOT)], check=True, capture_output=True)
+        times.append(time.perf_counter() - t)
+    return sorted(times)[1]
+
+
 def run(work: Path, measured: dict | None = None) -> dict:
-    """`measured`: SmolLM2 load seconds and seconds per ARC question from the inference benchmark."""
-    measured = measured or {"load_s": 3.0, "sample_s": 0.13}
-    scale = 0.05  # the synthetic backend sleeps 5% of the measured costs
+    """`measured`: seconds per ARC question of SmolLM2 from the inference benchmark; the load time
+    (a fresh worker process up to a loaded model) is measured here."""
+    measured = dict(measured or {"sample_s": 0.117})
+    measured["load_s"] = measure_load(ROOT / "build" / "models" / "smollm2-135m-instruct")
+    scale = 0.2  # the synthetic backend sleeps 20% of the measured costs
     load_s, sample_s = measured["load_s"] * scale, measured["sample_s"] * scale
     n, part = 120, 40  # samples per dataset, samples per partition: 3 partitions a dataset, 240 in all
     ours = one_run(work / "ours", load_s, sample_s, n, part, reload=False)
@@ -74,15 +89,19 @@ def render(r: dict) -> list[str]:
         f"A real `evalcore eval` (worker processes, SQLite ledger, GPU lease table) on {GPUS} fake GPUs, "
         "4 models (one needing 2 GPUs) x 20 datasets, 120 samples each, 3 partitions per model x dataset "
         f"({o['partitions']} partitions). The synthetic backend sleeps {r['scale']:.0%} of the costs measured "
-        f"for SmolLM2 on this machine: load {r['load_s']:.2f} s, {r['sample_s'] * 1000:.1f} ms a sample, so one "
-        f"load is {r['load_s'] / r['partition_work_s']:.0%} of a partition's work. Lower bound = total GPU work / "
-        f"GPUs + one load = {lb:.1f} s (measured {r.get('measured', '?')}).", "",
+        f"for SmolLM2 on this machine (a fresh worker up to a loaded model: {r['costs']['load_s']:.1f} s; "
+        f"{r['costs']['sample_s'] * 1000:.0f} ms an ARC question): load {r['load_s']:.2f} s, "
+        f"{r['sample_s'] * 1000:.1f} ms a sample, so one load is {r['load_s'] / r['partition_work_s']:.0%} of a "
+        f"partition's work. Lower bound = total GPU work / GPUs + one load = {lb:.1f} s "
+        f"(measured {r.get('measured', '?')}).", "",
         "| policy | makespan | / lower bound | model loads |", "|---|---|---|---|",
         f"| evalcore (long-lived workers, same-model preference) | {o['makespan']:.1f} s | **{o['makespan'] / lb:.2f}** | {o['loads']} |",
         f"| reload per task (OpenCompass) | {rl['makespan']:.1f} s | {rl['makespan'] / lb:.2f} | {rl['loads']} |",
         "",
-        f"evalcore vs reload-per-task: **{rl['makespan'] / o['makespan']:.2f}x** faster "
-        "(goal: >= 2x when a load is a fifth of the work or more); makespan goal: within 15% of the lower bound. "
-        "The makespan includes starting the worker processes and the driver (about a second).",
+        f"evalcore vs reload-per-task: **{rl['makespan'] / o['makespan']:.2f}x** faster. The best any policy can "
+        f"gain over reload-per-task is 1 + load / partition work = {1 + r['load_s'] / r['partition_work_s']:.2f}x "
+        "here; the issue's goal (2x once a load is a fifth of the work) cannot be met by any scheduler: at a "
+        "fifth, saving every load gives at most 1.2x. Makespan goal: within 15% of the lower bound. The makespan "
+        "includes starting the driver and the worker processes.",
         "", f"Reproduce: `{r['cmd']}`", "",
     ]
