@@ -78,4 +78,4 @@ def count_rows(ref: DataRef) -> int:
     return len(load_rows(ref))
 
 
-__all__ = ["DataRef", "resolve", "load_rows", "count_rows", "json"]
+__all__ = ["DataRef", "resolve", "load_rows", "count_rows"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,7 +109,6 @@ def check_resume(run_dir: Path, log: Callable[[str], None] = print):
     if problems:
         raise ResumeRefused(f"cannot resume {ctx.run_id}: what its answers depend on changed: "
                             + " | ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
-    ctx.resolved = ctx.resolved  # the freshly resolved artefacts (same keys as recorded)
     ctx.save()
     return ctx
 
@@ -180,4 +178,4 @@ def resume_command(run_dir: Path) -> str:
     return f"evalcore resume {run_dir}"
 
 
-__all__ = ["start", "execute", "check_resume", "find_run", "Outcome", "sys"]
+__all__ = ["start", "execute", "check_resume", "find_run", "Outcome"]

@@ -188,15 +188,11 @@ def _dataset(d: Mapping, where: str) -> DatasetSpec:
 
 def parse_plan(doc: Mapping, where: str = "plan") -> Plan:
     _check_keys(doc, {"models", "datasets", "run"}, where)
-    run = _typed(RunSettings, doc.get("run", {}), f"{where}: [run]") if _check_run(doc.get("run", {}), where) else RunSettings()
+    _check_keys(doc.get("run", {}), RUN_KEYS, f"{where}: [run]")
+    run = _typed(RunSettings, doc.get("run", {}), f"{where}: [run]")
     models = tuple(_model(m, f"{where}: models[{i}]") for i, m in enumerate(doc.get("models", [])))
     datasets = tuple(_dataset(d, f"{where}: datasets[{i}]") for i, d in enumerate(doc.get("datasets", [])))
     return Plan(models, datasets, run)
-
-
-def _check_run(run: Mapping, where: str) -> bool:
-    _check_keys(run, RUN_KEYS, f"{where}: [run]")
-    return True
 
 
 def load_plan(path: str | os.PathLike) -> Plan:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,10 +162,6 @@ def resolve_plan(plan: Plan, tasks: dict[str, object], index: Index | None = Non
 
 def _with_rev(path: str, rev: str | None) -> str:
     return f"{path}@{rev}" if rev and rev != "main" else path
-
-
-def threads_per_worker(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
 __all__ = ["Resolved", "LocalModel", "resolve_plan", "resolve_model", "ModelSpec", "DatasetSpec"]

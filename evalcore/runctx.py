@@ -128,7 +128,7 @@ def units(ctx: RunContext, counts: dict[str, int]) -> list[Unit]:
                    "data": ctx.resolved.datasets[d.abbr].sha256, "fewshot_data": fs.sha256 if fs else None,
                    "max_out_len": effective_max_out_len(m, task) if task.mode == "gen" else None,
                    "code_execution": d.allow_code_execution}
-            cost = GEN_COST if task.mode == "gen" else 4.0  # choices are counted per row below when known
+            cost = GEN_COST if task.mode == "gen" else 4.0  # 4 choices assumed: counting them would read every row
             out.append(Unit(m.name, d.abbr, n, cost, m.num_gpus, key))
     return out
 

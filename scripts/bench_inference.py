@@ -165,7 +165,6 @@ def main() -> None:
 def run(work: Path) -> dict:
     sys.path.insert(0, str(ROOT))
     from scripts.get_smollm2 import main as get_smollm2
-    from scripts.make_tiny_model import build_tiny_model
 
     tiny = work / "tiny-model"
     if not (tiny / "config.json").exists():
@@ -179,7 +178,6 @@ def run(work: Path) -> dict:
         print(f"  {name}", flush=True)
         out["models"][name] = [compare(path, task, n, 16, 1, 128, rep) for task, n, rep in tasks]
     out["cmd"] = "python scripts/bench.py --only inference"
-    _ = build_tiny_model
     return out
 
 

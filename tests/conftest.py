@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,17 @@ def run_cli(tool: str, *args: str, env: dict[str, str], timeout: float = 300, **
     """Run `cachekit` or `evalcore` in a fresh interpreter, as a user would."""
     return subprocess.run([sys.executable, "-m", f"cli.{tool}_cli", *map(str, args)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def wait_for(pred, timeout: float = 60.0, every: float = 0.05, what: str = "condition"):
+    """Poll `pred` until it returns something truthy (and return it), or fail after `timeout`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"{what}: not met within {timeout} s")
 
 
 def tree_state(path: Path) -> dict[str, tuple]:

@@ -10,12 +10,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ARC_JSONL, ROOT, clean_env, run_cli
+from tests.conftest import ARC_JSONL, ROOT, clean_env, run_cli, wait_for
 
 ARC_DATASET = f'''
 [[datasets]]
@@ -98,16 +97,6 @@ def test_reference_run_prints_summary(reference):
     assert ("tiny", "arc", "acc") in reference["results"]
 
 
-def _wait_for(pred, timeout=120.0, every=0.05):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
-
-
 def _running_with_samples(run_dir: Path):
     try:
         con = sqlite3.connect(run_dir / "ledger.db", timeout=5)
@@ -131,7 +120,7 @@ def _start_eval(plan: Path, env: dict) -> tuple[subprocess.Popen, Path]:
 def test_worker_killed_mid_partition(tmp_path, env, tiny_model_dir, reference):
     plan = write_plan(tmp_path / "plan.toml", tiny(tiny_model_dir), limit=120, max_partition_size=120)
     p, run_dir = _start_eval(plan, dict(env, EVALCORE_FAULTS="slow@tiny/arc/0000000"))
-    partition, pid = _wait_for(lambda: _running_with_samples(run_dir))
+    partition, pid = wait_for(lambda: _running_with_samples(run_dir), timeout=120)
     os.kill(pid, signal.SIGKILL)
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
@@ -149,11 +138,11 @@ def test_worker_killed_mid_partition(tmp_path, env, tiny_model_dir, reference):
 def test_driver_killed_then_resume(tmp_path, env, tiny_model_dir, reference):
     plan = write_plan(tmp_path / "plan.toml", tiny(tiny_model_dir), limit=120, max_partition_size=120)
     p, run_dir = _start_eval(plan, dict(env, EVALCORE_FAULTS="slow@tiny/arc"))
-    _wait_for(lambda: _running_with_samples(run_dir))
+    wait_for(lambda: _running_with_samples(run_dir), timeout=120)
     p.send_signal(signal.SIGKILL)
     p.wait()
     # the orphaned workers notice and stop, handing back their partitions
-    _wait_for(lambda: not _running_with_samples(run_dir), timeout=60)
+    wait_for(lambda: not _running_with_samples(run_dir), timeout=60)
     before = len(sample_rows(run_dir))
     assert 0 < before < 120
     r = run_cli("evalcore", "resume", run_dir, env=env)

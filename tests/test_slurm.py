@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, clean_env, run_cli
+from tests.conftest import ROOT, clean_env, run_cli, wait_for
 from tests.test_engine import logprobs, results, run_dir_of, sample_rows, scripted, tiny, write_plan
 
 pytestmark = pytest.mark.slow
@@ -96,16 +96,6 @@ def local_twin(slurm_plan_path: Path, out: Path) -> Path:
     text = "\n".join(lines).replace(str(slurm_plan_path.parent / "outputs"), str(out.parent / "outputs-local"))
     out.write_text(text + "\n")
     return out
-
-
-def _wait_for(pred, timeout=60.0, every=0.05, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"{what}: not met within {timeout} s")
 
 
 def _query(run_dir: Path, sql: str, args=()):
@@ -220,7 +210,7 @@ def test_cancelled_job_is_retried_and_matches_a_local_run(tmp_path, env, tiny_mo
     ref = run_dir_of(local.stdout)
 
     p, run_dir = start_eval(plan, dict(env, EVALCORE_FAULTS="slow@tiny/arc/0000000"))
-    partition, worker = _wait_for(lambda: running_with_samples(run_dir), timeout=90, what="a partition with samples")
+    partition, worker = wait_for(lambda: running_with_samples(run_dir), timeout=90, what="a partition with samples")
     job = worker.removeprefix("slurm-")
     subprocess.run(["scancel", job], check=True, timeout=30)
     out, err = p.communicate(timeout=180)
@@ -283,7 +273,7 @@ def test_interrupted_driver_cancels_its_jobs_and_only_them(tmp_path, env, sig):
     try:
         plan = slurm_plan(tmp_path / "plan.toml", scripted("alpha", sample_seconds=0.1), **SCRIPTED)
         p, run_dir = start_eval(plan, env)
-        _wait_for(lambda: running_with_samples(run_dir), what="a partition with samples")
+        wait_for(lambda: running_with_samples(run_dir), what="a partition with samples")
         ours = job_ids(run_dir)
         assert ours & queued_ids()
         t0 = time.time()
@@ -306,12 +296,12 @@ def test_orphaned_jobs_stop_by_themselves_then_resume(tmp_path, env, scripted_re
     plan = slurm_plan(tmp_path / "plan.toml", scripted("alpha", sample_seconds=0.1), **SCRIPTED,
                       slurm={"spool_timeout": 2})
     p, run_dir = start_eval(plan, env)
-    _wait_for(lambda: running_with_samples(run_dir), what="a partition with samples")
+    wait_for(lambda: running_with_samples(run_dir), what="a partition with samples")
     p.kill()
     p.communicate()
     ours = job_ids(run_dir)
     t0 = time.time()
-    _wait_for(lambda: not (ours & queued_ids()), timeout=60, every=0.2, what="the orphaned jobs to stop")
+    wait_for(lambda: not (ours & queued_ids()), timeout=60, every=0.2, what="the orphaned jobs to stop")
     print(f"\norphaned jobs gone {time.time() - t0:.1f} s after the driver was killed")
     logs = "".join((run_dir / "logs" / f"slurm-{j}.out").read_text() for j in ours)
     assert "no answer from the driver" in logs
@@ -326,7 +316,7 @@ def test_resume_cancels_what_a_killed_driver_left_running(tmp_path, env, scripte
     plan = slurm_plan(tmp_path / "plan.toml", scripted("alpha", sample_seconds=0.1), **SCRIPTED,
                       slurm={"spool_timeout": 60})
     p, run_dir = start_eval(plan, env)
-    _wait_for(lambda: running_with_samples(run_dir), what="a partition with samples")
+    wait_for(lambda: running_with_samples(run_dir), what="a partition with samples")
     p.kill()
     p.communicate()
     old = job_ids(run_dir)
