@@ -269,11 +269,13 @@ class SpoolServer:
             return []
         return sorted(e.name for e in entries if _CHANNEL.match(e.name) and e.is_dir())
 
-    def poll_once(self) -> int:
-        """Answer every pending request of every channel, in order per channel. Returns how many."""
+    def poll_once(self, serve: Callable[[str], bool] | None = None) -> int:
+        """Answer every pending request of every channel (of those `serve` accepts, when given),
+        in order per channel. Returns how many."""
         n = 0
         for channel in self.channels():
-            n += self._serve_channel(channel)
+            if serve is None or serve(channel):
+                n += self._serve_channel(channel)
         return n
 
     def _serve_channel(self, channel: str) -> int:

@@ -79,9 +79,11 @@ def job_ids(run_dir: Path) -> set[str]:
 
 
 def slurm_plan(path: Path, models: str, **run) -> Path:
-    """A plan for the Slurm runner with short leases and polls, so that faults resolve fast."""
+    """A plan for the Slurm runner with short leases and polls, so that faults resolve fast. Jobs
+    wait for their driver as long as in production unless a test says otherwise: on a loaded
+    host a live driver can be slow to answer, and that must not end its jobs."""
     slurm = run.pop("slurm", {})
-    slurm = {"poll_seconds": 0.3, "spool_timeout": 5, **slurm}
+    slurm = {"poll_seconds": 0.3, "spool_timeout": 60, **slurm}
     plan = write_plan(path, models, runner="slurm", threads=1, **run)
     items = ", ".join(f"{k} = {json.dumps(v)}" for k, v in slurm.items())
     text = plan.read_text().replace("[run]\n", f"[run]\nslurm = {{ {items} }}\n", 1)
@@ -166,12 +168,18 @@ def test_unknown_setting_is_a_usage_error(tmp_path):
 
 
 def test_four_fake_gpus_one_per_job(tmp_path, env, scripted_reference):
-    plan = slurm_plan(tmp_path / "plan.toml", scripted("alpha", sample_seconds=0.02, load_seconds=0.5), **SCRIPTED)
+    # Each job's model load waits until all four jobs have loaded (a barrier, not a timing
+    # guess): however slowly a loaded host starts them, the four held a partition at once.
+    barrier = tmp_path / "barrier"
+    model = scripted("alpha", sample_seconds=0.02, barrier_dir=json.dumps(str(barrier)), barrier_count=4)
+    plan = slurm_plan(tmp_path / "plan.toml", model, **SCRIPTED)
     t0 = time.time()
-    r = run_cli("evalcore", "eval", plan, env=env, timeout=120)
+    r = run_cli("evalcore", "eval", plan, env=env, timeout=300)
     took = time.time() - t0
     assert r.returncode == 0, r.stderr
     run_dir = run_dir_of(r.stdout)
+    met = sorted(p.read_text().strip() for p in barrier.iterdir() if not p.name.startswith("."))
+    assert met == ["0", "1", "2", "3"], met  # four loads at once, each on its own fake GPU
     spans: dict[str, list[float]] = {}
     for worker, start, end in _query(run_dir, "SELECT worker, started_at, finished_at FROM attempts"):
         s = spans.setdefault(worker.removeprefix("slurm-"), [start, end])
@@ -185,7 +193,7 @@ def test_four_fake_gpus_one_per_job(tmp_path, env, scripted_reference):
     assert set(devices.values()) == {"0", "1", "2", "3"}, devices
     overlapping = [(a, b) for a in spans for b in spans if a < b
                    and spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]]
-    assert len(overlapping) >= 3, spans  # the jobs really ran at the same time
+    assert len(overlapping) == 6, spans  # the four jobs really ran at the same time
     for a, b in overlapping:
         assert devices[a] != devices[b], (a, b, devices)
     hosts = {h for (h,) in _query(run_dir, "SELECT DISTINCT host FROM attempts")}
@@ -196,7 +204,7 @@ def test_four_fake_gpus_one_per_job(tmp_path, env, scripted_reference):
 
 def test_results_match_the_local_runner(tmp_path, env, scripted_reference):
     plan = slurm_plan(tmp_path / "plan.toml", scripted("alpha", sample_seconds=0.01), **SCRIPTED)
-    r = run_cli("evalcore", "eval", plan, env=env, timeout=120)
+    r = run_cli("evalcore", "eval", plan, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert_same_as(run_dir_of(r.stdout), scripted_reference)
 
@@ -210,10 +218,10 @@ def test_cancelled_job_is_retried_and_matches_a_local_run(tmp_path, env, tiny_mo
     ref = run_dir_of(local.stdout)
 
     p, run_dir = start_eval(plan, dict(env, EVALCORE_FAULTS="slow@tiny/arc/0000000"))
-    partition, worker = wait_for(lambda: running_with_samples(run_dir), timeout=90, what="a partition with samples")
+    partition, worker = wait_for(lambda: running_with_samples(run_dir), timeout=300, what="a partition with samples")
     job = worker.removeprefix("slurm-")
     subprocess.run(["scancel", job], check=True, timeout=30)
-    out, err = p.communicate(timeout=180)
+    out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
     attempts = _query(run_dir, "SELECT worker, outcome, error_class FROM attempts WHERE partition_id = ? "
                                "ORDER BY attempt", (partition,))
@@ -235,7 +243,7 @@ def test_job_that_can_never_start_fails_its_partitions(tmp_path, env):
     plan = slurm_plan(tmp_path / "plan.toml", scripted("alpha"), limit=40, max_partition_size=80,
                       max_num_workers=2, slurm={"max_retries": 1,
                                                 "extra_args": ["--export=ALL,PYTHONHOME=/nonexistent"]})
-    r = run_cli("evalcore", "eval", plan, env=env, timeout=120)
+    r = run_cli("evalcore", "eval", plan, env=env, timeout=300)
     assert r.returncode == 1, r.stderr
     run_dir = run_dir_of(r.stdout)
     assert f"evalcore resume {run_dir}" in r.stderr
@@ -256,12 +264,12 @@ def test_job_that_can_never_start_fails_its_partitions(tmp_path, env):
 
 def test_partition_that_raises_in_a_job(tmp_path, env):
     plan = slurm_plan(tmp_path / "plan.toml", scripted("alpha"), limit=40, max_partition_size=80, max_num_workers=2)
-    r = run_cli("evalcore", "eval", plan, env=dict(env, EVALCORE_FAULTS="raise@alpha/arc/0000020"), timeout=120)
+    r = run_cli("evalcore", "eval", plan, env=dict(env, EVALCORE_FAULTS="raise@alpha/arc/0000020"), timeout=300)
     assert r.returncode == 1, r.stderr
     run_dir = run_dir_of(r.stdout)
     assert "RuntimeError: injected fault" in r.stderr and f"evalcore resume {run_dir}" in r.stderr
     assert statuses(run_dir) == {"alpha/arc/0000000-0000020": "done", "alpha/arc/0000020-0000040": "failed"}
-    r = run_cli("evalcore", "resume", run_dir, env=env, timeout=120)
+    r = run_cli("evalcore", "resume", run_dir, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert set(statuses(run_dir).values()) == {"done"}
 
@@ -273,12 +281,12 @@ def test_interrupted_driver_cancels_its_jobs_and_only_them(tmp_path, env, sig):
     try:
         plan = slurm_plan(tmp_path / "plan.toml", scripted("alpha", sample_seconds=0.1), **SCRIPTED)
         p, run_dir = start_eval(plan, env)
-        wait_for(lambda: running_with_samples(run_dir), what="a partition with samples")
+        wait_for(lambda: running_with_samples(run_dir), timeout=300, what="a partition with samples")
         ours = job_ids(run_dir)
         assert ours & queued_ids()
         t0 = time.time()
         p.send_signal(sig)
-        out, err = p.communicate(timeout=120)
+        out, err = p.communicate(timeout=300)
         assert p.returncode == 130, err
         assert "interrupted" in err and f"evalcore resume {run_dir}" in err
         assert not (job_ids(run_dir) & queued_ids())  # gone when the driver exits, not later
@@ -294,44 +302,46 @@ def test_interrupted_driver_cancels_its_jobs_and_only_them(tmp_path, env, sig):
 
 def test_orphaned_jobs_stop_by_themselves_then_resume(tmp_path, env, scripted_reference):
     plan = slurm_plan(tmp_path / "plan.toml", scripted("alpha", sample_seconds=0.1), **SCRIPTED,
-                      slurm={"spool_timeout": 2})
+                      slurm={"spool_timeout": 5})
     p, run_dir = start_eval(plan, env)
-    wait_for(lambda: running_with_samples(run_dir), what="a partition with samples")
+    wait_for(lambda: running_with_samples(run_dir), timeout=300, what="a partition with samples")
     p.kill()
     p.communicate()
     ours = job_ids(run_dir)
     t0 = time.time()
-    wait_for(lambda: not (ours & queued_ids()), timeout=60, every=0.2, what="the orphaned jobs to stop")
+    wait_for(lambda: not (ours & queued_ids()), timeout=240, every=0.2, what="the orphaned jobs to stop")
     print(f"\norphaned jobs gone {time.time() - t0:.1f} s after the driver was killed")
     logs = "".join((run_dir / "logs" / f"slurm-{j}.out").read_text() for j in ours)
     assert "no answer from the driver" in logs
     before = len(sample_rows(run_dir))
     assert 0 < before < 160
-    r = run_cli("evalcore", "resume", run_dir, env=env, timeout=120)
+    r = run_cli("evalcore", "resume", run_dir, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert_same_as(run_dir, scripted_reference)
 
 
 def test_resume_cancels_what_a_killed_driver_left_running(tmp_path, env, scripted_reference):
+    # the jobs would wait an hour for their dead driver: only the resume's scancel ends them
+    # within the test's time
     plan = slurm_plan(tmp_path / "plan.toml", scripted("alpha", sample_seconds=0.1), **SCRIPTED,
-                      slurm={"spool_timeout": 60})
+                      slurm={"spool_timeout": 3600})
     p, run_dir = start_eval(plan, env)
-    wait_for(lambda: running_with_samples(run_dir), what="a partition with samples")
+    wait_for(lambda: running_with_samples(run_dir), timeout=300, what="a partition with samples")
     p.kill()
     p.communicate()
     old = job_ids(run_dir)
-    assert old & queued_ids()  # still running: they wait up to 60 s for their driver
-    t0 = time.time()
-    r = run_cli("evalcore", "resume", run_dir, env=env, timeout=120)
+    assert old & queued_ids()  # still running: they wait for their driver
+    r = run_cli("evalcore", "resume", run_dir, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert time.time() - t0 < 40
     assert not (old & queued_ids())
     log = (run_dir / "logs" / "slurm-runner.log").read_text()
     assert "previous driver left" in log
     # the cancelled jobs finished their chunk and handed their partitions back (or finished them,
-    # if in their last chunk) through their dead driver's spool, which the new driver answered
+    # if in their last chunk) through their dead driver's spool, which the new driver answered;
+    # on a slow host a claim's lease can run out first (nobody answered the job's heartbeats
+    # since the kill), and then resume requeued it before cancelling the job
     marks = ",".join("?" * len(old))
     ends = _query(run_dir, f"SELECT DISTINCT outcome, error_class FROM attempts WHERE worker IN ({marks})",
                   [f"slurm-{j}" for j in old])
-    assert ends and set(ends) <= {("retry", "Interrupted"), ("done", None)}, ends
+    assert ends and set(ends) <= {("retry", "Interrupted"), ("done", None), ("requeued", None)}, ends
     assert_same_as(run_dir, scripted_reference)

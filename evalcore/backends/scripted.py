@@ -5,8 +5,11 @@ tests and the scheduling benchmark; never for scores."""
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from .base import GenRequest, LoglikRequest, LoglikResult
 
@@ -16,12 +19,31 @@ def _unit(*parts: str) -> float:
     return int.from_bytes(h[:8], "big") / 2**64
 
 
+def _meet(folder: Path, count: int, timeout: float) -> None:
+    """A barrier for tests of concurrency: each load leaves a note (its process, host and
+    CUDA_VISIBLE_DEVICES) in `folder` and waits until `count` loads have, so that those workers
+    provably held their partitions at the same time, however slowly each one started."""
+    folder.mkdir(parents=True, exist_ok=True)
+    note = folder / f"{socket.gethostname()}-{os.getpid()}"
+    tmp = note.with_name("." + note.name)
+    tmp.write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "") + "\n")
+    os.replace(tmp, note)
+    deadline = time.monotonic() + timeout
+    while sum(1 for p in folder.iterdir() if not p.name.startswith(".")) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"scripted barrier: fewer than {count} loads reached {folder} in {timeout:.0f} s")
+        time.sleep(0.05)
+
+
 class ScriptedBackend:
     def __init__(self, name: str, options: Mapping | None = None) -> None:
         options = dict(options or {})
         self.name = name
         self.sample_seconds = float(options.get("sample_seconds", 0.0))
         time.sleep(float(options.get("load_seconds", 0.0)))
+        if options.get("barrier_dir"):
+            _meet(Path(options["barrier_dir"]), int(options.get("barrier_count", 1)),
+                  float(options.get("barrier_timeout", 300.0)))
 
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[LoglikResult]:
         out = []

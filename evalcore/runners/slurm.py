@@ -201,16 +201,36 @@ class SlurmRunner:
 
     # -- Slurm commands ----------------------------------------------------------------------
     def _cmd(self, *args: str, timeout: float = CLIENT_TIMEOUT_S, env=None) -> subprocess.CompletedProcess | None:
-        """Run a Slurm client with a timeout; None when it could not run or timed out."""
+        """Run a Slurm client with a timeout; None when it could not run or timed out.
+
+        A client call can take seconds on a busy controller or host. The jobs of this driver
+        must not go unanswered meanwhile (they stop after `spool_timeout` without an answer), so
+        their requests are served while the client runs. Only channels of jobs already known
+        are served here: a job whose sbatch is still in flight is answered by the main loop
+        once its id is recorded."""
         try:
-            return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, env=env,
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            self._log(f"timed out after {timeout:.0f} s: {' '.join(args)}")
-            return None
+            proc = subprocess.Popen(list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env=env, stdin=subprocess.DEVNULL)
         except OSError as exc:
             self._log(f"could not run {args[0]}: {exc}")
             return None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                out, err = proc.communicate(timeout=SPOOL_POLL_S * 5)
+                return subprocess.CompletedProcess(list(args), proc.returncode, out, err)
+            except subprocess.TimeoutExpired:
+                pass
+            if time.monotonic() >= deadline:
+                proc.kill()
+                proc.communicate()
+                self._log(f"timed out after {timeout:.0f} s: {' '.join(args)}")
+                return None
+            if self.server is not None:
+                self.server.poll_once(serve=self._known_channel)
+
+    def _known_channel(self, channel: str) -> bool:
+        return channel_job(channel) in self.jobs
 
     def _queue(self, ids: list[str], *, by_name: bool = False) -> dict[str, tuple[str, str, str, str]] | None:
         """Jobs still in the queue: id -> (state, reason, node, name). None if squeue failed."""

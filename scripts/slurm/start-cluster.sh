@@ -20,7 +20,7 @@ NGPUS="${SLURM_CI_GPUS:-4}"
 PORT="${SLURM_CI_PORT:-6817}"
 export SLURM_CONF="$B/etc/slurm.conf"   # inherited by slurmstepd: the stop script finds steps by it
 
-node_state() { timeout 5 sinfo -h -n localhost -o %T 2>/dev/null || true; }
+node_state() { timeout 20 sinfo -h -n localhost -o %T 2>/dev/null || true; }
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 pid_of() { awk -v n="$1" '$1 == n {p = $2} END {print p}' "$B/run/pids" 2>/dev/null; }
 
@@ -100,7 +100,7 @@ JobCompType=jobcomp/filetxt
 JobCompLoc=$B/log/jobcomp.log
 ReturnToService=2
 MinJobAge=300
-KillWait=5
+KillWait=30
 $OVERRIDES
 GresTypes=gpu
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS Sockets=$SOCKETS CoresPerSocket=$CORES ThreadsPerCore=$THREADS RealMemory=$MEM Gres=gpu:$NGPUS State=UNKNOWN
@@ -133,19 +133,20 @@ start_daemon() {  # name, command...: in its own session, stdin from the null de
 
 start_daemon munged munged -F --socket="$B/munge/munge.sock" --key-file="$B/munge/munge.key" \
     --pid-file="$B/munge/munged.pid" --log-file="$B/log/munged.log" --seed-file="$B/munge/munged.seed"
-for _ in $(seq 50); do [ -S "$B/munge/munge.sock" ] && break; sleep 0.05; done
-timeout 5 munge -n -S "$B/munge/munge.sock" | timeout 5 unmunge -S "$B/munge/munge.sock" >/dev/null \
+# waits are generous: on a loaded host (CI) the daemons can take many seconds to come up
+for _ in $(seq 600); do [ -S "$B/munge/munge.sock" ] && break; alive "$(pid_of munged)" || break; sleep 0.05; done
+timeout 30 munge -n -S "$B/munge/munge.sock" | timeout 30 unmunge -S "$B/munge/munge.sock" >/dev/null \
     || fail "munge self-test failed"
 
 start_daemon slurmctld slurmctld -D -f "$SLURM_CONF"
 start_daemon slurmd slurmd -D -f "$SLURM_CONF" -N localhost
 
-deadline=$((SECONDS + 60))
+deadline=$((SECONDS + 180))
 until [ "$(node_state)" = idle ]; do
     for d in munged slurmctld slurmd; do
         alive "$(pid_of $d)" || fail "$d exited during start-up"
     done
-    [ $SECONDS -lt $deadline ] || fail "the node did not become idle within 60 s (state: $(node_state))"
+    [ $SECONDS -lt $deadline ] || fail "the node did not become idle within 180 s (state: $(node_state))"
     sleep 0.2
 done
 echo "slurm: cluster up in $B: $CPUS CPUs, gpu:$NGPUS (fake), port $PORT. Use: source $B/env.sh"
