@@ -225,7 +225,7 @@ def status(run: str | None, work_dir: str) -> None:
 
     run_dir = driver.find_run(run, work_dir)
     run_id = _run_id(run_dir)
-    with Ledger(run_dir / "ledger.db", create=False) as ledger:
+    with Ledger(run_dir / "ledger.db", create=False, run_id=run_id) as ledger:
         rows = ledger.progress(run_id)
         click.echo(f"run {run_id}: {run_dir}")
         click.echo(report.progress_table(rows))
@@ -262,7 +262,7 @@ def report(run: str, fmt: str, samples_file: Path | None, work_dir: str) -> None
     from evalcore.runctx import RunContext
 
     ctx = RunContext.load(driver.find_run(run, work_dir))
-    with Ledger(ctx.ledger_path, create=False) as ledger:
+    with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
         click.echo(_summary(ctx, ledger, fmt))
         if samples_file:
             owner = {p["partition_id"]: (p["model_key"], p["dataset_key"]) for p in ledger.partitions(ctx.run_id)}

@@ -93,10 +93,10 @@ def check_resume(run_dir: Path, log: Callable[[str], None] = print):
     from .runctx import RunContext
 
     old = RunContext.load(run_dir)
+    with Ledger(old.ledger_path, create=False, run_id=old.run_id) as ledger:  # checked before any work
+        recorded = {p["partition_id"]: p for p in ledger.partitions(old.run_id)}
     ctx, rows = prepare(old.plan, run_id=old.run_id, log=log)
     ctx.run_dir = run_dir
-    with Ledger(ctx.ledger_path, create=False) as ledger:
-        recorded = {p["partition_id"]: p for p in ledger.partitions(ctx.run_id)}
     now_ids = {r.partition_id: r for r in rows}
     problems = []
     if set(recorded) != set(now_ids):
@@ -123,7 +123,7 @@ def execute(ctx, *, on_progress=None) -> Outcome:
         from .runners.local import LocalRunner as Runner
     runner = Runner(ctx, on_progress=on_progress)
     runner.run()
-    with Ledger(ctx.ledger_path, create=False) as ledger:
+    with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
         finalize(ctx, ledger)
         failed = [p for p in ledger.partitions(ctx.run_id) if p["status"] != "done"]
         ledger.set_run_status(ctx.run_id, "failed" if failed else "done", now=time.time())

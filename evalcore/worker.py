@@ -95,7 +95,7 @@ class Worker:
         self.worker_id, self.n_gpus, self.threads = worker_id, gpus, threads
         # Under Slurm the ledger stays with the driver; calls go through the spool (evalcore/spool.py).
         self.ledger = (SpoolLedger(spool, job_key, timeout_s=spool_timeout) if spool
-                       else Ledger(self.ctx.ledger_path, create=False))
+                       else Ledger(self.ctx.ledger_path, create=False, run_id=self.run_id))
         self.plan = self.ctx.plan
         self.lease_s = self.plan.run.lease_seconds
         self.tasks = self.ctx.tasks()
