@@ -299,9 +299,13 @@ def _run_namespaced(program: str, limits: Limits, tmp_root) -> ExecutionResult:
         setter = _limit_setter(limits)
         with tempfile.TemporaryFile(dir=tmp_root) as stderr, \
                 (nsbox.Dropper(interp, setter) if os.geteuid() == 0 else _Plain(setter)) as preexec:
-            proc = subprocess.Popen(argv, cwd="/", env=dict(nsbox.ENV), stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=stderr, pass_fds=tuple(keep),
-                                    start_new_session=True, close_fds=True, preexec_fn=preexec)
+            try:
+                proc = subprocess.Popen(argv, cwd="/", env=dict(nsbox.ENV), stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=stderr, pass_fds=tuple(keep),
+                                        start_new_session=True, close_fds=True, preexec_fn=preexec)
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise SandboxUnavailable(f"the OS sandbox could not start: {bwrap}: {exc}",
+                                         hint=USERNS_HINT) from None
             for fd in keep:
                 os.close(fd)
             keep = []
