@@ -59,9 +59,14 @@ def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None]
         if tasks[d.abbr].needs_execution and not d.allow_code_execution:
             raise PlanError(f"dataset {d.abbr} executes generated code; set allow_code_execution = true "
                             "for it in the plan to allow that (sandboxed subprocess)")
+    from .security import decide, describe
+
+    security = decide(plan, tasks)  # refuses code execution without an OS sandbox (unless opted in)
+    for line in describe(security):
+        log(line)
     resolved = resolve_plan(plan, tasks)
     run_id = run_id or new_run_id()
-    ctx = RunContext(run_id, check_run_dir(plan.run.work_dir, run_id), plan, resolved)
+    ctx = RunContext(run_id, check_run_dir(plan.run.work_dir, run_id), plan, resolved, security)
     counts = {abbr: data.count_rows(ref) for abbr, ref in resolved.datasets.items()}
     parts = split(units(ctx, counts), plan.run.max_partition_size)
     rows = [PartitionRow(p.partition_id, p.model, p.dataset, p.key_hash, p.key_json, "{}", p.start, p.end, p.cost,

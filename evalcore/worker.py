@@ -261,7 +261,8 @@ class Worker:
             else:
                 max_new = effective_max_out_len(spec, task)
                 gens = self.backend.generate([GenRequest(c, max_new, task.stop) for c in contexts])
-                recs = [score_gen(task, rows[i], i, c, g, allow_code_execution=dspec.allow_code_execution)
+                recs = [score_gen(task, rows[i], i, c, g, allow_code_execution=dspec.allow_code_execution,
+                                  code_sandbox=self.ctx.security.get("code_sandbox", "namespaces"))
                         for i, c, g in zip(idx, contexts, gens, strict=True)]
             rows_json = [(r["index"], json.dumps(r, ensure_ascii=False)) for r in recs]
             if not self.ledger.add_samples(self.run_id, claim.partition_id, claim.token, rows_json, now=time.time()):
