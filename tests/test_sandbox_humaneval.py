@@ -1,9 +1,13 @@
-"""The escapes of issue 12 through the public path: a hostile humaneval dataset, bundled and
-imported with cachekit like any other, evaluated by `evalcore eval` (humaneval_gen with
-allow_code_execution) with a scripted model. The dataset's prompt ends in a comment, so the
-model's answer is harmless; its `test` carries the attack, one probe per row, and runs in the
-worker's sandbox exactly as a generated program would. Each is contained: the host's files,
-processes, sockets, the decoy ledger and the run's own ledger.db are as they were.
+"""The escapes of issue 12 through the public path, `evalcore eval` with humaneval_gen and
+allow_code_execution on a dataset bundled and imported with cachekit, a scripted model:
+
+* the model's generation attacks: real HumanEval rows, answered with a body followed by every
+  probe (the ledger write of the issue included);
+* the dataset attacks: a hostile humaneval dataset whose `test` field carries one probe per row
+  (the model's answer lands in a comment), run exactly as a generated program would be.
+
+Each is contained: the host's files, processes, sockets, the decoy ledger and the run's own
+ledger.db are as they were.
 
 Also: without an OS sandbox the run is refused before a run folder exists (exit 2, saying what is
 missing), and the weak guard opt-in is recorded in the run and shown in its report."""
@@ -18,9 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import clean_env, run_cli
+from tests.conftest import ROOT, clean_env, run_cli
 from tests.sandbox_probes import PROBE_NAMES, SECRET, Host, kill_leftovers, probes
 
+DATA = ROOT / "tests" / "data"
 EVALCORE_TABLES = {"runs", "partitions", "attempts", "samples", "results", "loads"}
 
 
@@ -47,12 +52,33 @@ def install(tmp_path: Path, rows: list[dict]) -> dict[str, str]:
     return env
 
 
-def plan_file(tmp_path: Path, run_extra: str = "") -> Path:
+def plan_file(tmp_path: Path, generation: str | None = None) -> Path:
     plan = tmp_path / "plan.toml"
-    plan.write_text(f'[run]\nwork_dir = "{tmp_path / "outputs"}"\nmax_num_workers = 1\n{run_extra}\n'
-                    '[[models]]\nabbr = "alpha"\npath = "alpha"\nbackend = "scripted"\n\n'
+    options = f"backend_options = {{ generation = {json.dumps(generation)} }}\n" if generation is not None else ""
+    plan.write_text(f'[run]\nwork_dir = "{tmp_path / "outputs"}"\nmax_num_workers = 1\n\n'
+                    '[[models]]\nabbr = "alpha"\npath = "alpha"\nbackend = "scripted"\n' + options + '\n'
                     '[[datasets]]\nname = "humaneval_gen"\nallow_code_execution = true\n')
     return plan
+
+
+def attacking_generation(host: Host) -> str:
+    """A function body, then every probe at module level (each in its own function, errors
+    swallowed unless a secret leaked); the endless one last."""
+    out = ["    return False\n"]
+    names = sorted(PROBE_NAMES, key=lambda n: n == "fork_survivors_at_timeout")
+    for i, name in enumerate(names):
+        out.append(f"\ndef _probe_{i}():\n" + textwrap.indent(probes(host, 0)[name], "    ") + "    pass\n"
+                   f"try:\n    _probe_{i}()\nexcept BaseException as exc:\n"
+                   "    if 'LEAKED' in str(exc):\n        raise\n")
+    return "".join(out)
+
+
+def run_ledger_tables(run_dir: Path) -> set[str]:
+    con = sqlite3.connect(run_dir / "ledger.db")
+    tables = {t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert con.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    con.close()
+    return tables
 
 
 @pytest.fixture
@@ -61,6 +87,25 @@ def host(tmp_path: Path):
     yield h
     h.stop()
     kill_leftovers(h.marker)
+
+
+def test_attacking_generations_are_contained(tmp_path: Path, host: Host) -> None:
+    real = [json.loads(x) for x in (DATA / "openai_humaneval" / "test.jsonl").read_text().splitlines()]
+    env = install(tmp_path, real)
+    r = run_cli("evalcore", "eval", plan_file(tmp_path, attacking_generation(host)), env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    run_dir = Path(r.stdout.splitlines()[0].split(": ", 1)[1])
+    assert host.breaches() == []
+    assert run_ledger_tables(run_dir) == EVALCORE_TABLES  # the generated code did not write the run's ledger
+    con = sqlite3.connect(run_dir / "ledger.db")
+    samples = [json.loads(o) for (o,) in con.execute("SELECT output_json FROM samples")]
+    con.close()
+    assert len(samples) == len(real)
+    for s in samples:
+        assert "_probe_0()" in s["generation"]
+        assert s["execution"]["sandbox"] == "namespaces"
+        assert s["execution"]["status"] == "timeout", s["execution"]  # reached the last, endless probe
+        assert SECRET not in json.dumps(s)
 
 
 def test_hostile_humaneval_dataset_is_contained(tmp_path: Path, host: Host) -> None:
