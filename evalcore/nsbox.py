@@ -114,12 +114,6 @@ class Dropper:
         self._unshare, self._mount = libc.unshare, libc.mount
         self._mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
 
-    def __enter__(self) -> Dropper:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
     def _call(self, fn, *args) -> None:
         if fn(*args) != 0:
             err = ctypes.get_errno()

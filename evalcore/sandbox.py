@@ -297,8 +297,8 @@ def _run_namespaced(program: str, limits: Limits, tmp_root) -> ExecutionResult:
                                 args=_bootstrap_args(nsbox.PROGRAM_PATH, status_w, limits),
                                 host_links=nsbox.host_links())
         setter = _limit_setter(limits)
-        with tempfile.TemporaryFile(dir=tmp_root) as stderr, \
-                (nsbox.Dropper(interp, setter) if os.geteuid() == 0 else _Plain(setter)) as preexec:
+        preexec = nsbox.Dropper(interp, setter) if os.geteuid() == 0 else setter
+        with tempfile.TemporaryFile(dir=tmp_root) as stderr:
             try:
                 proc = subprocess.Popen(argv, cwd="/", env=dict(nsbox.ENV), stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=stderr, pass_fds=tuple(keep),
@@ -335,19 +335,6 @@ def _run_namespaced(program: str, limits: Limits, tmp_root) -> ExecutionResult:
         raise SandboxUnavailable(f"the OS sandbox could not start: {err.splitlines()[-1][:200]}",
                                  hint=USERNS_HINT)
     return _classify(reports, returncode, timed_out, duration, limits, "namespaces", err)
-
-
-class _Plain:
-    """The preexec function for a non-root parent (rlimits only), as a context manager."""
-
-    def __init__(self, fn: Callable[[], None]) -> None:
-        self.fn = fn
-
-    def __enter__(self) -> Callable[[], None]:
-        return self.fn
-
-    def __exit__(self, *exc: object) -> None:
-        pass
 
 
 def _open_init(info_fd: int, deadline: float) -> int:

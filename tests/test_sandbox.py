@@ -174,9 +174,8 @@ def test_sleeping_program_hits_the_wall_clock(root: Path, isolation: str) -> Non
 
 @pytest.mark.parametrize("isolation", MODES)
 def test_cpu_limit(root: Path, isolation: str) -> None:
-    r = run("while True:\n    pass", root, limits=Limits(timeout_s=10.0, cpu_s=1), isolation=isolation)
-    assert r.status == "timeout" and "CPU" in r.message
-    assert r.duration_s < 4.0
+    r = run("while True:\n    pass", root, limits=Limits(timeout_s=30.0, cpu_s=1), isolation=isolation)
+    assert r.status == "timeout" and "CPU-time limit of 1 s" in r.message  # not the wall clock
 
 
 @pytest.mark.parametrize("program", [
@@ -185,9 +184,8 @@ def test_cpu_limit(root: Path, isolation: str) -> None:
 ])
 @pytest.mark.parametrize("isolation", MODES)
 def test_memory_hog_is_stopped(root: Path, program: str, isolation: str) -> None:
-    r = run(program, root, limits=Limits(timeout_s=5.0, memory_bytes=256 << 20), isolation=isolation)
-    assert (r.passed, r.status) == (False, "oom")
-    assert r.duration_s < 4.0
+    r = run(program, root, limits=Limits(timeout_s=30.0, memory_bytes=256 << 20), isolation=isolation)
+    assert (r.passed, r.status) == (False, "oom")  # stopped by the limit, not the wall clock
 
 
 @pytest.mark.parametrize("isolation", MODES)

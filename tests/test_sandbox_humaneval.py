@@ -128,7 +128,8 @@ def test_hostile_humaneval_dataset_is_contained(tmp_path: Path, host: Host) -> N
         assert s["execution"]["sandbox"] == "namespaces", name
         assert s["execution"]["status"] in ("passed", "failed", "timeout"), (name, s["execution"])
         assert SECRET not in json.dumps(s), name
-    assert by_name["read_hf_token"]["execution"]["status"] == "passed", by_name["read_hf_token"]
+    # passed: nothing leaked (a leak fails it, naming the secret); timeout only on a very loaded machine
+    assert by_name["read_hf_token"]["execution"]["status"] in ("passed", "timeout"), by_name["read_hf_token"]
     assert by_name["fork_survivors_at_timeout"]["execution"]["status"] == "timeout"
     assert json.loads((run_dir / "run.json").read_text())["security"]["code_sandbox"] == "namespaces"
 
