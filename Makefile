@@ -10,9 +10,13 @@ PYTEST_ARGS ?=
 
 SMOLLM2 := build/models/smollm2-135m-instruct
 
-.PHONY: setup test demo bench lint clean smollm2 crosscheck
+.PHONY: setup sysdeps test demo bench lint clean smollm2 crosscheck
 
-setup: $(STAMP)
+setup: sysdeps $(STAMP)
+
+# Debian packages the product needs: bubblewrap, the OS sandbox for model-written code.
+sysdeps:
+	bash scripts/install-bubblewrap.sh
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

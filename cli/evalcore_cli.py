@@ -53,6 +53,8 @@ def _run_flags(fn):
         click.option("--offline/--no-offline", default=None, help="Refuse the network (default: on)."),
         click.option("--runner", type=click.Choice(["local", "slurm"]), help="Where workers run."),
         click.option("--lease-seconds", type=float, help="A partition whose worker stops heartbeating for this long is taken over."),
+        click.option("--unsafe-allow-weak-sandbox", is_flag=True, default=None,
+                     help="UNSAFE: where no OS sandbox (bubblewrap) works, run generated code under a Python guard that code can escape."),
     ]
     for o in reversed(opts):
         fn = o(fn)
@@ -112,7 +114,8 @@ def _plan_from(plan_file, flags):
     if flags["chat_template"]:
         overrides["chat_template"] = True
     run = {k: flags[k] for k in ("max_num_workers", "max_workers_per_gpu", "max_partition_size", "work_dir",
-                                 "limit", "offline", "runner", "lease_seconds") if flags[k] is not None}
+                                 "limit", "offline", "runner", "lease_seconds", "unsafe_allow_weak_sandbox")
+           if flags[k] is not None}
     plan = with_overrides(plan, model=model, model_overrides=overrides if (overrides and not model) else None,
                           datasets=list(flags["datasets"]) or None, run=run)
     if model and overrides:
@@ -172,13 +175,17 @@ class _ProgressBar:
 
 def _summary(ctx, ledger, fmt: str) -> str:
     from evalcore import report
+    from evalcore.security import report_notes
 
     tasks = ctx.tasks()
     rows = report.summary_rows(ledger.results(ctx.run_id), ledger.partitions(ctx.run_id),
                                {d: t.version for d, t in tasks.items()},
                                {d: "ppl" if t.mode == "ll" else "gen" for d, t in tasks.items()},
                                [m.name for m in ctx.plan.models], [d.abbr for d in ctx.plan.datasets])
-    return report.render(rows, fmt)
+    notes = report_notes(ctx.security)
+    if notes and fmt in ("csv", "json"):  # keep machine formats parseable
+        click.echo("\n".join(notes), err=True)
+    return report.render(rows, fmt) + ("\n\n" + "\n".join(notes) if notes and fmt in ("table", "md") else "")
 
 
 @evalcore.command()
@@ -225,7 +232,7 @@ def status(run: str | None, work_dir: str) -> None:
 
     run_dir = driver.find_run(run, work_dir)
     run_id = _run_id(run_dir)
-    with Ledger(run_dir / "ledger.db", create=False) as ledger:
+    with Ledger(run_dir / "ledger.db", create=False, run_id=run_id) as ledger:
         rows = ledger.progress(run_id)
         click.echo(f"run {run_id}: {run_dir}")
         click.echo(report.progress_table(rows))
@@ -262,7 +269,7 @@ def report(run: str, fmt: str, samples_file: Path | None, work_dir: str) -> None
     from evalcore.runctx import RunContext
 
     ctx = RunContext.load(driver.find_run(run, work_dir))
-    with Ledger(ctx.ledger_path, create=False) as ledger:
+    with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
         click.echo(_summary(ctx, ledger, fmt))
         if samples_file:
             owner = {p["partition_id"]: (p["model_key"], p["dataset_key"]) for p in ledger.partitions(ctx.run_id)}

@@ -5,6 +5,9 @@ Every evalcore database carries an `application_id` (which kind of evalcore file
 is read as plain bytes, so a corrupt file, another application's database (a cachekit index
 included), an evalcore file of another kind, or a file written by a newer evalcore is refused
 with a `LedgerError` and stays byte-for-byte unchanged (no -wal or -shm file appears either).
+Then, before anything is written, `PRAGMA quick_check` reads every page: a file damaged inside
+(garbage in a data page, a truncated file) is refused the same way. A write-ahead log left by a
+crash is checked through a read-only connection first, which can never copy it into the file.
 
 A new file is built under a temporary name and hard-linked into place complete, so a concurrent
 opener sees either no file or a fully initialised one, never a half-made one.
@@ -139,13 +142,51 @@ def _newer(path: Path, schema: Schema, version: int) -> LedgerError:
                        hint="upgrade evalcore on this host (pip install -U cachekit-evalcore)")
 
 
+def _damage(conn: sqlite3.Connection) -> str | None:
+    """What `PRAGMA quick_check` finds wrong (its first lines), or None for a sound file."""
+    try:
+        rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check(3)").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    if rows == ["ok"]:
+        return None
+    lines = [x for r in rows for x in r.splitlines() if x and not x.startswith("***")]
+    return "; ".join(lines[:3]) or "quick_check failed"
+
+
+def _refuse_damaged(path: Path, schema: Schema, problem: str) -> LedgerError:
+    return LedgerError(f"{path}: the {schema.label} is damaged (SQLite quick_check: {problem[:200]}); "
+                       "it was not modified",
+                       hint="restore the file from a backup or start a new run; evalcore never writes "
+                            "to a damaged ledger, so a resume of this run cannot work")
+
+
+def _check_pages(path: Path, schema: Schema) -> None:
+    """quick_check through a read-only connection, for a file with a write-ahead log already
+    beside it (a read-only connection never checkpoints that log into the file)."""
+    uri = path.resolve().as_uri() + "?mode=ro"
+    try:
+        with closing(sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)) as conn:
+            problem = _damage(conn)
+    except sqlite3.Error as exc:
+        problem = str(exc)
+    if problem:
+        raise _refuse_damaged(path, schema, problem)
+
+
 def _open(path: Path, schema: Schema) -> sqlite3.Connection:
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        _check_pages(path, schema)
     try:
         conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                check_same_thread=False)
     except sqlite3.Error as exc:
         raise LedgerError(f"{path}: cannot open the {schema.label}: {exc}") from None
     try:
+        problem = _damage(conn)  # before any write: the journal-mode switch below may write
+        if problem:
+            raise _refuse_damaged(path, schema, problem)
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise LedgerError(f"{path}: this filesystem does not support SQLite WAL mode (got {mode})",

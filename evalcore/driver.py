@@ -59,9 +59,14 @@ def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None]
         if tasks[d.abbr].needs_execution and not d.allow_code_execution:
             raise PlanError(f"dataset {d.abbr} executes generated code; set allow_code_execution = true "
                             "for it in the plan to allow that (sandboxed subprocess)")
+    from .security import decide, describe
+
+    security = decide(plan, tasks)  # refuses code execution without an OS sandbox (unless opted in)
+    for line in describe(security):
+        log(line)
     resolved = resolve_plan(plan, tasks)
     run_id = run_id or new_run_id()
-    ctx = RunContext(run_id, check_run_dir(plan.run.work_dir, run_id), plan, resolved)
+    ctx = RunContext(run_id, check_run_dir(plan.run.work_dir, run_id), plan, resolved, security)
     counts = {abbr: data.count_rows(ref) for abbr, ref in resolved.datasets.items()}
     parts = split(units(ctx, counts), plan.run.max_partition_size)
     rows = [PartitionRow(p.partition_id, p.model, p.dataset, p.key_hash, p.key_json, "{}", p.start, p.end, p.cost,
@@ -93,10 +98,10 @@ def check_resume(run_dir: Path, log: Callable[[str], None] = print):
     from .runctx import RunContext
 
     old = RunContext.load(run_dir)
+    with Ledger(old.ledger_path, create=False, run_id=old.run_id) as ledger:  # checked before any work
+        recorded = {p["partition_id"]: p for p in ledger.partitions(old.run_id)}
     ctx, rows = prepare(old.plan, run_id=old.run_id, log=log)
     ctx.run_dir = run_dir
-    with Ledger(ctx.ledger_path, create=False) as ledger:
-        recorded = {p["partition_id"]: p for p in ledger.partitions(ctx.run_id)}
     now_ids = {r.partition_id: r for r in rows}
     problems = []
     if set(recorded) != set(now_ids):
@@ -123,7 +128,7 @@ def execute(ctx, *, on_progress=None) -> Outcome:
         from .runners.local import LocalRunner as Runner
     runner = Runner(ctx, on_progress=on_progress)
     runner.run()
-    with Ledger(ctx.ledger_path, create=False) as ledger:
+    with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
         finalize(ctx, ledger)
         failed = [p for p in ledger.partitions(ctx.run_id) if p["status"] != "done"]
         ledger.set_run_status(ctx.run_id, "failed" if failed else "done", now=time.time())

@@ -190,11 +190,24 @@ class Ledger:
     """One process's handle on a ledger file. Safe to share between threads of one process (a
     heartbeat thread, say); after a fork the child transparently opens its own connection."""
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True, run_id: str | None = None) -> None:
+        """`run_id`: the run whose folder this file is in; a ledger recording any other run is
+        refused (LedgerError, file unchanged), so a ledger copied from another run is never used."""
         self.path = Path(path)
         self._h = db.Handle(self.path, create=create, schema=SCHEMA)
         self._write = self._h.write
         self._read = self._h.read
+        if run_id is not None:
+            self._check_owner(run_id)
+
+    def _check_owner(self, run_id: str) -> None:
+        others = [r[0] for r in self._read("SELECT run_id FROM runs WHERE run_id != ? ORDER BY run_id", (run_id,))]
+        if others:
+            self.close()
+            raise LedgerError(f"{self.path} is the ledger of run {others[0]}, not of run {run_id} whose folder "
+                              "it is in; it was not modified",
+                              hint="a ledger is only used in its own run's folder: put the original ledger.db "
+                                   "back, or start a new run")
 
     def __reduce__(self):  # a Ledger sent to a spawned process reopens the file there
         return (_reopen, (str(self.path),))

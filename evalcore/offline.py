@@ -1,6 +1,7 @@
 """Offline enforcement: the HF offline switches (read by the libraries at import, so they are set
 first), a socket guard that refuses every non-loopback connection and names it, and a check of
-the libraries' own constants once they are imported."""
+the libraries' own constants once they are imported. The guard is Python-level; where the host
+allows it, local workers also start in a loopback-only network namespace (evalcore/netns.py)."""
 
 from __future__ import annotations
 

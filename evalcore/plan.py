@@ -86,6 +86,7 @@ class RunSettings:
     max_attempts: int = 3
     threads: int | None = None
     reload_per_partition: bool = False  # OpenCompass's policy (a fresh model for every task): for comparisons
+    unsafe_allow_weak_sandbox: bool = False  # run generated code under the Python guard where no OS sandbox exists
     slurm: Mapping = field(default_factory=_empty)  # partition, qos, time, extra_args (see the Slurm runner)
 
 

@@ -13,7 +13,7 @@ import json
 import os
 import secrets
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .data import DataRef
@@ -38,6 +38,7 @@ class RunContext:
     run_dir: Path
     plan: Plan
     resolved: Resolved
+    security: dict = field(default_factory=dict)  # evalcore.security.decide: code sandbox, offline enforcement
 
     @property
     def ledger_path(self) -> Path:
@@ -54,7 +55,7 @@ class RunContext:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(exist_ok=True)
         doc = {"run_id": self.run_id, "plan": json.loads(plan_to_json(self.plan)),
-               "resolved": _resolved_to_dict(self.resolved)}
+               "resolved": _resolved_to_dict(self.resolved), "security": self.security}
         tmp = self.run_dir / ".run.json.tmp"
         tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
         os.replace(tmp, self.run_dir / "run.json")
@@ -69,7 +70,7 @@ class RunContext:
         except ValueError as exc:
             raise EvalcoreError(f"{run_dir}/run.json is damaged: {exc}") from None
         plan = plan_from_json(json.dumps(doc["plan"]))
-        return cls(doc["run_id"], run_dir, plan, _resolved_from_dict(doc["resolved"]))
+        return cls(doc["run_id"], run_dir, plan, _resolved_from_dict(doc["resolved"]), doc.get("security", {}))
 
 
 def _resolved_to_dict(r: Resolved) -> dict:

@@ -25,7 +25,7 @@ def score_ll(task: Task, row: dict, index: int, prompt: str, choices: list[str],
 
 
 def score_gen(task: Task, row: dict, index: int, prompt: str, generation: str, *,
-              allow_code_execution: bool = False) -> dict:
+              allow_code_execution: bool = False, code_sandbox: str = "namespaces") -> dict:
     gold = task.target(row)
     rec = {"index": index, "prompt": prompt, "generation": generation, "gold": gold}
     if task.metric == "gsm8k":
@@ -42,9 +42,9 @@ def score_gen(task: Task, row: dict, index: int, prompt: str, generation: str, *
     elif task.metric == "humaneval":
         from .sandbox import check_humaneval
 
-        result = check_humaneval(row, generation, allow_execution=allow_code_execution)
+        result = check_humaneval(row, generation, allow_execution=allow_code_execution, isolation=code_sandbox)
         rec["pred"] = result.status
-        rec["execution"] = {"status": result.status, "message": result.message[-500:]}
+        rec["execution"] = {"status": result.status, "message": result.message[-500:], "sandbox": result.isolation}
         rec["metrics"] = {"pass@1": float(result.passed)}
     else:
         rec["pred"] = generation.strip()

@@ -95,7 +95,7 @@ class Worker:
         self.worker_id, self.n_gpus, self.threads = worker_id, gpus, threads
         # Under Slurm the ledger stays with the driver; calls go through the spool (evalcore/spool.py).
         self.ledger = (SpoolLedger(spool, job_key, timeout_s=spool_timeout) if spool
-                       else Ledger(self.ctx.ledger_path, create=False))
+                       else Ledger(self.ctx.ledger_path, create=False, run_id=self.run_id))
         self.plan = self.ctx.plan
         self.lease_s = self.plan.run.lease_seconds
         self.tasks = self.ctx.tasks()
@@ -261,7 +261,8 @@ class Worker:
             else:
                 max_new = effective_max_out_len(spec, task)
                 gens = self.backend.generate([GenRequest(c, max_new, task.stop) for c in contexts])
-                recs = [score_gen(task, rows[i], i, c, g, allow_code_execution=dspec.allow_code_execution)
+                recs = [score_gen(task, rows[i], i, c, g, allow_code_execution=dspec.allow_code_execution,
+                                  code_sandbox=self.ctx.security.get("code_sandbox", "namespaces"))
                         for i, c, g in zip(idx, contexts, gens, strict=True)]
             rows_json = [(r["index"], json.dumps(r, ensure_ascii=False)) for r in recs]
             if not self.ledger.add_samples(self.run_id, claim.partition_id, claim.token, rows_json, now=time.time()):

@@ -40,6 +40,10 @@ class ScriptedBackend:
         options = dict(options or {})
         self.name = name
         self.sample_seconds = float(options.get("sample_seconds", 0.0))
+        # a fixed answer to every generation request (to test what a plan does with a given output)
+        self.generation = options.get("generation")
+        if self.generation is not None and not isinstance(self.generation, str):
+            raise ValueError(f"scripted backend {name}: 'generation' must be a string")
         time.sleep(float(options.get("load_seconds", 0.0)))
         if options.get("barrier_dir"):
             _meet(Path(options["barrier_dir"]), int(options.get("barrier_count", 1)),
@@ -58,7 +62,8 @@ class ScriptedBackend:
         out = []
         for r in requests:
             time.sleep(self.sample_seconds)
-            out.append(f"answer {int(_unit(self.name, r.prompt) * 100)}")
+            out.append(self.generation if self.generation is not None
+                       else f"answer {int(_unit(self.name, r.prompt) * 100)}")
         return out
 
     def identity(self) -> dict:

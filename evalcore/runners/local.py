@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..gpus import discover_gpus
 from ..ledger import Ledger
+from ..netns import launcher
 from ..offline import offline_env
 from ..runctx import RunContext
 
@@ -77,6 +78,8 @@ class LocalRunner:
             cmd += ["--threads", str(threads)]
         if not self.ctx.plan.run.offline:
             cmd.append("--online")
+        elif self.ctx.security.get("offline") == "netns":  # decided and recorded by the driver
+            cmd = launcher(cmd)
         with open(log, "ab") as out:
             p = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         proc = _Proc(wid, gpus, p, log)
