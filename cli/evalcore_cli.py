@@ -242,28 +242,52 @@ def _run_id(run_dir: Path) -> str:
 
 @evalcore.command()
 @click.argument("run")
-@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table")
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json", "html"]), default="table",
+              help="csv/json: one row per figure, numbers as numbers, with n and standard error; html: a "
+                   "self-contained page (charts, sample browser, provenance), needs --out.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the report to this file instead of printing it.")
 @click.option("--samples", "samples_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write one JSON line per sample (prompt, choices and log-likelihoods or generation, "
                    "prediction, gold, metrics).")
 @click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
 @handle_errors
-def report(run: str, fmt: str, samples_file: Path | None, work_dir: str) -> None:
-    """The summary table (dataset, version, metric, mode, one column per model).
+def report(run: str, fmt: str, out_file: Path | None, samples_file: Path | None, work_dir: str) -> None:
+    """The summary table (dataset, version, metric, mode, one column per model), from the newest
+    results version (which one is said on stderr).
 
     \b
     Example:
       evalcore report outputs/20261128-101500-ab12 --format md
       evalcore report 20261128-101500-ab12 --samples predictions.jsonl
+      evalcore report 20261128-101500-ab12 --format html --out report.html
     """
-    from evalcore import driver
+    from evalcore import driver, report_data
     from evalcore import report as rep
+    from evalcore.errors import PlanError
     from evalcore.ledger import Ledger
     from evalcore.runctx import RunContext
 
+    if fmt == "html" and out_file is None:
+        raise PlanError("--format html needs --out FILE (the page is one self-contained file)")
     ctx = RunContext.load(driver.find_run(run, work_dir))
     with Ledger(ctx.ledger_path, create=False) as ledger:
-        click.echo(_summary(ctx, ledger, fmt))
+        data = report_data.gather(ctx, ledger)
+        if fmt == "html":
+            from evalcore import report_html
+
+            text = report_html.render_report(ctx, ledger, data)
+        elif fmt in ("json", "csv"):
+            text = report_data.render_machine(data, fmt)
+        else:
+            text = _summary(ctx, ledger, fmt)
+        if out_file is None:
+            click.echo(text)
+        else:
+            _write_atomically(out_file, text + "\n")
+        click.echo(data["note"], err=True)
+        if out_file is not None:
+            click.echo(f"wrote {fmt} report to {out_file}", err=True)
         if samples_file:
             owner = {p["partition_id"]: (p["model_key"], p["dataset_key"]) for p in ledger.partitions(ctx.run_id)}
             tmp = samples_file.with_name(samples_file.name + ".tmp")
@@ -274,6 +298,57 @@ def report(run: str, fmt: str, samples_file: Path | None, work_dir: str) -> None
                     n += 1
             tmp.replace(samples_file)
             click.echo(f"wrote {n} samples to {samples_file}", err=True)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    import os
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@evalcore.command()
+@click.argument("run")
+@click.option("--metric", "metric_names", multiple=True, metavar="NAME",
+              help="Score with this metric instead of the task's own (repeatable): acc, exact_match, gsm8k, "
+                   "bbh, bbh_fewshot, letter, humaneval.")
+@click.option("--filter", "filter_name", metavar="NAME",
+              help="Answer filter for exact_match/letter: none, strip, first-line, strict-match, "
+                   "flexible-extract, regex:PATTERN.")
+@click.option("--dataset", "datasets", multiple=True, metavar="ABBR", help="Apply --metric/--filter only here.")
+@click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
+@handle_errors
+def rescore(run: str, metric_names: tuple[str, ...], filter_name: str | None, datasets: tuple[str, ...],
+            work_dir: str) -> None:
+    """Recompute every metric from the stored per-sample outputs: no model, tokenizer or GPU.
+
+    Writes a new results version in the run's ledger (the old ones are kept); `report` shows
+    the newest. Without --metric each task's own metric is used (the figures come out as the
+    run's).
+
+    \b
+    Example:
+      evalcore rescore outputs/20261128-101500-ab12
+      evalcore rescore 20261128-101500-ab12 --metric exact_match --filter 'regex:answer is (\\w+)'
+    """
+    import time
+
+    from evalcore import driver
+    from evalcore.ledger import Ledger
+    from evalcore.rescore import rescore_run
+    from evalcore.runctx import RunContext
+
+    ctx = RunContext.load(driver.find_run(run, work_dir))
+    with Ledger(ctx.ledger_path, create=False) as ledger:
+        version, skipped = rescore_run(ctx, ledger, metric_names, filter_name, datasets, now=time.time())
+        for model, dataset in skipped:
+            click.echo(f"skipped {model} x {dataset}: not finished (resume the run first)", err=True)
+        click.echo(f"run {ctx.run_id}: results version {version} (rescore)")
+        click.echo(_summary(ctx, ledger, "table"))
 
 
 @evalcore.command()
