@@ -494,6 +494,20 @@ class Ledger:
                 return
             after = (page[-1][0], page[-1][1])
 
+    def tables(self) -> list[str]:
+        """The ledger's table names (reports show the ones they do not know generically)."""
+        return [r[0] for r in self._read("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                         "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+
+    def table_rows(self, table: str, run_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Up to `limit` rows of any ledger table as dicts (of one run where it has run_id)."""
+        if table not in self.tables():
+            raise LedgerError(f"{self.path}: no table {table!r} in this ledger")
+        cols = [r[1] for r in self._read(f'PRAGMA table_info("{table}")')]
+        if run_id is not None and "run_id" in cols:
+            return [dict(r) for r in self._read(f'SELECT * FROM "{table}" WHERE run_id = ? LIMIT ?', (run_id, limit))]
+        return [dict(r) for r in self._read(f'SELECT * FROM "{table}" LIMIT ?', (limit,))]
+
     def progress(self, run_id: str) -> list[dict[str, Any]]:
         """Per (model_key, dataset_key): samples total/done, partitions by status, failures (with
         error class), and timings for an ETA: `started_at` (first claim), `last_activity_at`,

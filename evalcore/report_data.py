@@ -52,7 +52,8 @@ def summary_grid(rows: Sequence[Mapping], models: Sequence[str]) -> list[dict]:
     for g in grid.values():
         vals = {m: c["value"] for m, c in g["cells"].items() if c and c["value"] is not None}
         top = max(vals.values()) if vals else None
-        g["best"] = sorted(m for m, v in vals.items() if v == top) if len(vals) > 1 else []
+        # ties all marked; nothing marked where every model has the same figure
+        g["best"] = sorted(m for m, v in vals.items() if v == top) if len(set(vals.values())) > 1 else []
         out.append(g)
     return out
 
