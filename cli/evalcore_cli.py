@@ -270,6 +270,7 @@ def report(run: str, fmt: str, out_file: Path | None, samples_file: Path | None,
 
     if fmt == "html" and out_file is None:
         raise PlanError("--format html needs --out FILE (the page is one self-contained file)")
+    _check_out(out_file)
     ctx = RunContext.load(driver.find_run(run, work_dir))
     with Ledger(ctx.ledger_path, create=False) as ledger:
         data = report_data.gather(ctx, ledger)
@@ -349,6 +350,77 @@ def rescore(run: str, metric_names: tuple[str, ...], filter_name: str | None, da
             click.echo(f"skipped {model} x {dataset}: not finished (resume the run first)", err=True)
         click.echo(f"run {ctx.run_id}: results version {version} (rescore)")
         click.echo(_summary(ctx, ledger, "table"))
+
+
+@evalcore.command()
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "json", "html"]), default="table")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the comparison to this file instead of printing it.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
+              help="A difference with a paired-test p-value at or above this is flagged as within noise.")
+@click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
+@handle_errors
+def compare(run_a: str, run_b: str, fmt: str, out_file: Path | None, alpha: float, work_dir: str) -> None:
+    """Compare two runs per model x dataset: both scores, the difference (B - A) and a paired
+    test on the samples both scored (McNemar for 0/1 scores, else a paired bootstrap with a
+    fixed seed); differences within noise are flagged.
+
+    \b
+    Example:
+      evalcore compare outputs/20261128-101500-ab12 outputs/20261129-090000-cd34
+      evalcore compare RUN_A RUN_B --format html --out compare.html
+    """
+    from evalcore import compare as cmp
+    from evalcore import driver
+    from evalcore.ledger import Ledger
+    from evalcore.runctx import RunContext
+
+    _check_out(out_file)
+    ctx_a = RunContext.load(driver.find_run(run_a, work_dir))
+    ctx_b = RunContext.load(driver.find_run(run_b, work_dir))
+    with Ledger(ctx_a.ledger_path, create=False) as la, Ledger(ctx_b.ledger_path, create=False) as lb:
+        doc = cmp.compare_runs(ctx_a, la, ctx_b, lb, alpha)
+    text = cmp.render(doc, fmt)
+    if out_file is None:
+        click.echo(text)
+    else:
+        _write_atomically(out_file, text + "\n")
+        click.echo(f"wrote {fmt} comparison to {out_file}", err=True)
+
+
+@evalcore.command(name="export")
+@click.argument("run")
+@click.option("--db", "db_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="SQLite file to write (created, or this run's rows replaced in it).")
+@click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
+@handle_errors
+def export_(run: str, db_file: Path, work_dir: str) -> None:
+    """Write a run's runs, settings, results (every version) and samples as plain SQLite tables,
+    for sqlite3, Datasette or pandas.
+
+    \b
+    Example:
+      evalcore export outputs/20261128-101500-ab12 --db results.db
+      sqlite3 results.db "SELECT model, dataset, metric, value FROM results WHERE subtask = ''"
+    """
+    from evalcore import driver
+    from evalcore.export_db import export_run
+    from evalcore.ledger import Ledger
+    from evalcore.runctx import RunContext
+
+    ctx = RunContext.load(driver.find_run(run, work_dir))
+    with Ledger(ctx.ledger_path, create=False) as ledger:
+        counts = export_run(ctx, ledger, db_file)
+    click.echo(f"run {ctx.run_id}: wrote " + ", ".join(f"{n} {t}" for t, n in counts.items()) + f" to {db_file}")
+
+
+def _check_out(out_file: Path | None) -> None:
+    from evalcore.errors import PlanError
+
+    if out_file is not None and not out_file.parent.is_dir():
+        raise PlanError(f"--out {out_file}: the folder {out_file.parent} does not exist", hint="create it first")
 
 
 @evalcore.command()

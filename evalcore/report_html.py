@@ -24,13 +24,22 @@ class ReportDependencyMissing(EvalcoreError):
     default_hint = NEEDS
 
 
-def _require():
+def template_env(charts: bool = True):
+    """The Jinja2 environment of the package templates (autoescaped, strict); with `charts`,
+    matplotlib must be installed too."""
     try:
         import jinja2
-        import matplotlib  # noqa: F401
+
+        if charts:
+            import matplotlib  # noqa: F401
     except ImportError as exc:
         raise ReportDependencyMissing(f"the HTML report needs {exc.name}, which is not installed") from None
-    return jinja2
+    env = jinja2.Environment(loader=jinja2.PackageLoader("evalcore", "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
+    env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.2f}"
+    env.filters["tojson_script"] = _script_json
+    env.filters["pretty"] = lambda v: json.dumps(v, indent=1, ensure_ascii=False, sort_keys=True, default=str)
+    return env
 
 
 # ---- which charts ---------------------------------------------------------------------------
@@ -150,24 +159,10 @@ def sample_view(rec: Mapping) -> dict:
 
 
 def samples_for(ctx, ledger, version: Mapping | None) -> list[dict]:
-    """The sample records, scored as the shown results version scored them."""
-    from .samples import read_samples
+    """The sample browser's records, scored as the shown results version scored them."""
+    from .rescore import scored_samples
 
-    rescore = None
-    if version is not None and version["kind"] == "rescore":
-        from .rescore import choices_from_settings, rescore_record
-
-        choices = choices_from_settings(version["settings"])
-        tasks = ctx.tasks()
-
-        def rescore(rec):
-            c = choices.get(rec["dataset"])
-            return rescore_record(rec, tasks[rec["dataset"]], c) if c else rec
-
-    out = []
-    for rec in read_samples(ledger, ctx.run_id):
-        out.append(sample_view(rescore(rec) if rescore else rec))
-    return out
+    return [sample_view(rec) for rec in scored_samples(ctx, ledger, version)]
 
 
 def _script_json(value) -> str:
@@ -176,15 +171,9 @@ def _script_json(value) -> str:
 
 
 def render_report(ctx, ledger, data: Mapping) -> str:
-    jinja2 = _require()
     from . import provenance
 
-    env = jinja2.Environment(loader=jinja2.PackageLoader("evalcore", "templates"),
-                             autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
-    env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.2f}"
-    env.filters["tojson_script"] = _script_json
-    env.filters["pretty"] = lambda v: json.dumps(v, indent=1, ensure_ascii=False, sort_keys=True, default=str)
-    template = env.get_template("report.html.j2")
+    template = template_env().get_template("report.html.j2")
     samples = samples_for(ctx, ledger, data["version"])
     return template.render(
         run_id=ctx.run_id, note=data["note"], models=data["models"], datasets=data["datasets"],

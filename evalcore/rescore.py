@@ -213,3 +213,18 @@ def rescore_run(ctx, ledger, metric_names: Sequence[str] = (), filter_name: str 
     version = ledger.add_results_version(ctx.run_id, rows, kind="rescore",
                                          settings=settings_of(choices, metric_names, filter_name, datasets), now=now)
     return version, skipped
+
+
+def scored_samples(ctx, ledger, version: Mapping | None):
+    """The run's sample records with the per-sample metrics of a results version: as stored for
+    an eval version, recomputed with the recorded scorers and filters for a rescore version."""
+    from .samples import read_samples
+
+    if version is None or version["kind"] != "rescore":
+        yield from read_samples(ledger, ctx.run_id)
+        return
+    choices = choices_from_settings(version["settings"])
+    tasks = ctx.tasks()
+    for rec in read_samples(ledger, ctx.run_id):
+        c = choices.get(rec["dataset"])
+        yield rescore_record(rec, tasks[rec["dataset"]], c) if c else rec
