@@ -151,3 +151,27 @@ def test_report_html_needs_out_and_per_subject_rows_are_kept(report):
     subjects = {(r["subtask"], r["n"]) for r in rows if r["dataset"] == "mmlu_ppl" and r["metric"] == "acc"
                 and r["model"] == "other"}
     assert subjects == {("", 12), ("abstract_algebra", 6), ("anatomy", 6)}
+
+
+def test_html_of_a_rescored_run_and_of_failures(report, tmp_path):
+    env = report["env"]
+    r = run_cli("evalcore", "rescore", report["run_dir"], "--dataset", "sums", "--metric", "exact_match",
+                "--filter", r"regex:answer (\d+)", env=env)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "rescored.html"
+    r = run_cli("evalcore", "report", report["run_dir"], "--format", "html", "--out", out, env=env)
+    assert r.returncode == 0, r.stderr
+    page = out.read_text()
+    assert "results version 2 of 2 (rescore" in page and "filter: regex:answer (\\d+)" in page
+    data = json.loads(page.split('id="sample-data">', 1)[1].split("</script>", 1)[0])
+    sums = [s for s in data if s["d"] == "sums"]
+    assert sums and all(re.fullmatch(r"\d+", s["pred"]) for s in sums)     # the new filter's answers
+
+    plan = write_plan(tmp_path / "plan.toml", scripted("alpha"), limit=8, max_partition_size=4)
+    r = run_cli("evalcore", "eval", plan, env=dict(env, EVALCORE_FAULTS="raise@alpha/arc/0000004"))
+    assert r.returncode == 1, r.stderr
+    out = tmp_path / "failed.html"
+    r = run_cli("evalcore", "report", run_dir_of(r.stdout), "--format", "html", "--out", out, env=env)
+    assert r.returncode == 0, r.stderr
+    page = out.read_text()
+    assert "alpha/arc/0000004-0000005" in page and "injected fault" in page and "No results yet" in page
