@@ -175,3 +175,22 @@ def test_html_of_a_rescored_run_and_of_failures(report, tmp_path):
     assert r.returncode == 0, r.stderr
     page = out.read_text()
     assert "alpha/arc/0000004-0000005" in page and "injected fault" in page and "No results yet" in page
+
+
+def test_chart_and_table_choices_are_pure_rules():
+    from evalcore.report_data import summary_grid, version_note
+    from evalcore.report_html import families, model_family
+
+    assert model_family("HuggingFaceTB/SmolLM2-135M-Instruct") == ("smollm2--instruct", 135e6)
+    assert model_family("Qwen/Qwen2.5-1.5B") == ("qwen2.5-", 1.5e9)
+    assert model_family("gpt2") is None
+    assert families({"a": "x/Smol-360M", "b": "x/Smol-135M", "c": "y/Other-1B"}) == [["b", "a"]]
+    row = {"dataset": "d", "metric": "acc", "mode": "ppl", "task_version": "v", "subtask": "", "stderr": 0.1, "n": 4}
+    grid = summary_grid([{**row, "model": "a", "value": 0.5}, {**row, "model": "b", "value": 0.75},
+                         {**row, "model": "c", "value": 0.75}], ["a", "b", "c"])
+    assert grid[0]["best"] == ["b", "c"]                                     # ties both marked
+    grid = summary_grid([{**row, "model": "a", "value": 0.5}, {**row, "model": "b", "value": 0.5}], ["a", "b"])
+    assert grid[0]["best"] == []                                             # all equal: none
+    note = version_note({"version": 2, "kind": "rescore", "created_at": 0.0,
+                         "settings": {"requested": {"metrics": ["gsm8k"], "filter": None, "datasets": []}}}, 2)
+    assert note == "results version 2 of 2 (rescore, 1970-01-01 00:00 UTC; metrics: gsm8k)"
