@@ -12,11 +12,12 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ARC_JSONL, ROOT, clean_env, run_cli
+from tests.conftest import ARC_JSONL, ROOT, clean_env, run_cli, tree_state
 from tests.test_engine import run_dir_of, scripted, write_plan
 
 BLINK_LOADER = 101845102  # traffic annotation of requests a page makes (blink_resource_loader)
@@ -194,3 +195,22 @@ def test_chart_and_table_choices_are_pure_rules():
     note = version_note({"version": 2, "kind": "rescore", "created_at": 0.0,
                          "settings": {"requested": {"metrics": ["gsm8k"], "filter": None, "datasets": []}}}, 2)
     assert note == "results version 2 of 2 (rescore, 1970-01-01 00:00 UTC; metrics: gsm8k)"
+
+
+def test_html_refusals_leave_nothing_behind(report, tmp_path):
+    env = report["env"]
+    before = tree_state(tmp_path)
+    r = run_cli("evalcore", "report", report["run_dir"], "--format", "html", "--out", tmp_path / "no" / "r.html",
+                env=env)
+    err = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert r.returncode == 2 and len(err) == 1 and "the folder" in err[0] and "does not exist" in err[0]
+    out = tmp_path / "r.html"
+    stmt = ("import sys; sys.modules['matplotlib'] = None; from click.testing import CliRunner; "
+            "import cli.evalcore_cli as c; "
+            f"res = CliRunner().invoke(c.evalcore, ['report', {str(report['run_dir'])!r}, '--format', 'html', "
+            f"'--out', {str(out)!r}]); print(res.exit_code); print(res.output)")
+    p = subprocess.run([sys.executable, "-c", stmt], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    code, _, output = p.stdout.partition("\n")
+    assert code == "2", p.stdout + p.stderr
+    assert "the HTML report needs matplotlib, which is not installed" in output and "cachekit-evalcore[report]" in output
+    assert tree_state(tmp_path) == before
