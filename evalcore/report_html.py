@@ -158,11 +158,18 @@ def sample_view(rec: Mapping) -> dict:
     return out
 
 
-def samples_for(ctx, ledger, version: Mapping | None) -> list[dict]:
-    """The sample browser's records, scored as the shown results version scored them."""
+def samples_for(ctx, ledger, version: Mapping | None) -> dict:
+    """The sample browser's data, scored as the shown results version scored them: the records,
+    and each distinct prompt once (models share a dataset's prompts), records pointing at it."""
     from .rescore import scored_samples
 
-    return [sample_view(rec) for rec in scored_samples(ctx, ledger, version)]
+    prompts: dict[str, int] = {}
+    records = []
+    for rec in scored_samples(ctx, ledger, version):
+        view = sample_view(rec)
+        view["p"] = prompts.setdefault(view["p"], len(prompts))
+        records.append(view)
+    return {"prompts": list(prompts), "samples": records}
 
 
 def _script_json(value) -> str:

@@ -165,7 +165,8 @@ def test_html_of_a_rescored_run_and_of_failures(report, tmp_path):
     page = out.read_text()
     assert "results version 2 of 2 (rescore" in page and "filter: regex:answer (\\d+)" in page
     data = json.loads(page.split('id="sample-data">', 1)[1].split("</script>", 1)[0])
-    sums = [s for s in data if s["d"] == "sums"]
+    sums = [s for s in data["samples"] if s["d"] == "sums"]
+    assert len(data["prompts"]) == 12 + 12 + 12 + 8                        # one copy per dataset question
     assert sums and all(re.fullmatch(r"\d+", s["pred"]) for s in sums)     # the new filter's answers
 
     plan = write_plan(tmp_path / "plan.toml", scripted("alpha"), limit=8, max_partition_size=4)
