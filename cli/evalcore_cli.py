@@ -264,12 +264,12 @@ def report(run: str, fmt: str, out_file: Path | None, samples_file: Path | None,
     """
     from evalcore import driver, report_data
     from evalcore import report as rep
-    from evalcore.errors import PlanError
+    from evalcore.errors import ReportError
     from evalcore.ledger import Ledger
     from evalcore.runctx import RunContext
 
     if fmt == "html" and out_file is None:
-        raise PlanError("--format html needs --out FILE (the page is one self-contained file)")
+        raise ReportError("--format html needs --out FILE (the page is one self-contained file)")
     _check_out(out_file)
     ctx = RunContext.load(driver.find_run(run, work_dir))
     with Ledger(ctx.ledger_path, create=False) as ledger:
@@ -417,10 +417,10 @@ def export_(run: str, db_file: Path, work_dir: str) -> None:
 
 
 def _check_out(out_file: Path | None) -> None:
-    from evalcore.errors import PlanError
+    from evalcore.errors import ReportError
 
     if out_file is not None and not out_file.parent.is_dir():
-        raise PlanError(f"--out {out_file}: the folder {out_file.parent} does not exist", hint="create it first")
+        raise ReportError(f"--out {out_file}: the folder {out_file.parent} does not exist", hint="create it first")
 
 
 @evalcore.command()

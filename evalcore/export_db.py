@@ -22,15 +22,13 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from .errors import EvalcoreError
+from .errors import ReportError
 from .report_data import primary_metric
 
 TABLES = ("runs", "settings", "result_versions", "results", "samples", "sample_metrics")
 
 
-class ExportError(EvalcoreError):
-    exit_code = 2
-    default_hint = "give a new file name, or an SQLite file written by `evalcore export`"
+HINT = "give a new file name, or an SQLite file written by `evalcore export`"
 
 
 def _text(v) -> str | None:
@@ -41,14 +39,14 @@ def _text(v) -> str | None:
 
 def _check_destination(path: Path) -> None:
     if path.is_dir():
-        raise ExportError(f"{path} is a directory")
+        raise ReportError(f"{path} is a directory", hint=HINT)
     if not path.parent.is_dir():
-        raise ExportError(f"{path.parent} does not exist", hint="create the folder first")
+        raise ReportError(f"{path.parent} does not exist", hint="create the folder first")
     if path.exists():
         with open(path, "rb") as f:
             head = f.read(16)
         if head and head != b"SQLite format 3\x00":
-            raise ExportError(f"{path} exists and is not an SQLite database; not overwritten")
+            raise ReportError(f"{path} exists and is not an SQLite database; not overwritten", hint=HINT)
 
 
 def _rows(ctx, ledger) -> dict[str, list[dict]]:
@@ -130,7 +128,7 @@ def export_run(ctx, ledger, path: Path) -> dict[str, int]:
         os.replace(tmp, path)
     except sqlite3.DatabaseError as exc:
         tmp.unlink(missing_ok=True)
-        raise ExportError(f"{path}: cannot write the export: {exc}; the file was left as it was") from None
+        raise ReportError(f"{path}: cannot write the export: {exc}; the file was left as it was", hint=HINT) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -13,15 +13,10 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 
-from .errors import EvalcoreError
+from .errors import ReportError
 from .report_data import primary_metric, summary_grid
 
 NEEDS = "pip install 'cachekit-evalcore[report]' (Jinja2 and matplotlib)"
-
-
-class ReportDependencyMissing(EvalcoreError):
-    exit_code = 2
-    default_hint = NEEDS
 
 
 def template_env(charts: bool = True):
@@ -33,7 +28,7 @@ def template_env(charts: bool = True):
         if charts:
             import matplotlib  # noqa: F401
     except ImportError as exc:
-        raise ReportDependencyMissing(f"the HTML report needs {exc.name}, which is not installed") from None
+        raise ReportError(f"the HTML report needs {exc.name}, which is not installed", hint=NEEDS) from None
     env = jinja2.Environment(loader=jinja2.PackageLoader("evalcore", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
     env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.2f}"
