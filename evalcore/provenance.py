@@ -94,9 +94,27 @@ def gather(ctx, ledger) -> dict[str, Any]:
         if t not in KNOWN_TABLES:
             other[t] = [_decode(r) for r in ledger.table_rows(t, run_id, limit=500)]
     versions = [{**v, "created_at": when(v["created_at"])} for v in ledger.result_versions(run_id)]
-    return {"run": run_row, "plan": plan, "artefacts": artefacts, "units": _units(partitions),
+    units = _units(partitions)
+    libraries = library_versions([run_row, artefacts, other, [u["settings"] for u in units]])
+    return {"run": run_row, "plan": plan, "artefacts": artefacts, "units": units, "libraries": libraries,
             "failures": failures, "attempts": attempts, "loads": loads, "result_versions": versions,
             "other_tables": other, "report_env": report_environment()}
+
+
+def library_versions(found: Any) -> dict[str, Any]:
+    """Every `versions` mapping the run recorded anywhere (e.g. {"torch": ..., "transformers":
+    ...} of a backend), merged; empty when the ledger records none."""
+    out: dict[str, Any] = {}
+    if isinstance(found, Mapping):
+        for k, v in found.items():
+            if k.rsplit(".", 1)[-1] in ("versions", "library_versions") and isinstance(v, Mapping):
+                out.update(v)
+            else:
+                out.update(library_versions(v))
+    elif isinstance(found, list):
+        for v in found:
+            out.update(library_versions(v))
+    return out
 
 
 def report_environment() -> dict[str, str]:

@@ -215,3 +215,12 @@ def test_html_refusals_leave_nothing_behind(report, tmp_path):
     assert code == "2", p.stdout + p.stderr
     assert "the HTML report needs matplotlib, which is not installed" in output and "cachekit-evalcore[report]" in output
     assert tree_state(tmp_path) == before
+
+
+def test_library_versions_are_found_wherever_the_run_recorded_them():
+    from evalcore.provenance import library_versions
+
+    recorded = [{"settings": {"backend.versions": {"torch": "2.13.0"}}},
+                {"other": [{"identity": {"versions": {"transformers": "5.24.0"}}}]}, {"task_version": "abc"}]
+    assert library_versions(recorded) == {"torch": "2.13.0", "transformers": "5.24.0"}
+    assert library_versions([{"task_version": "abc"}]) == {}
