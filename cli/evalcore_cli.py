@@ -316,7 +316,7 @@ def _write_atomically(path: Path, text: str) -> None:
 @click.argument("run")
 @click.option("--metric", "metric_names", multiple=True, metavar="NAME",
               help="Score with this metric instead of the task's own (repeatable): acc, exact_match, gsm8k, "
-                   "bbh, bbh_fewshot, letter, humaneval.")
+                   "bbh, bbh_fewshot, letter, humaneval, stored (the scores as the run stored them).")
 @click.option("--filter", "filter_name", metavar="NAME",
               help="Answer filter for exact_match/letter: none, strip, first-line, strict-match, "
                    "flexible-extract, regex:PATTERN.")

@@ -138,7 +138,7 @@ def sample_view(rec: Mapping) -> dict:
     out = {"m": rec["model"], "d": rec["dataset"], "i": rec.get("index"), "p": rec.get("prompt", ""),
            "mt": m, "ok": None if key is None else m[key] == 1.0, "gr": rec.get("group")}
     if "logprobs" in rec:
-        choices = rec.get("choices") or []
+        choices = rec.get("choices") or [c.strip() for c in rec.get("continuations") or []]
         golds = _golds(rec.get("gold"), len(choices))
         if isinstance(rec.get("gold"), str) and rec["gold"] in choices:
             golds = {choices.index(rec["gold"])}

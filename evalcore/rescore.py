@@ -14,10 +14,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import metrics
 from .errors import PlanError
-from .tasks import Task
+
+if TYPE_CHECKING:
+    from .tasks import Task
 
 HINT = "evalcore rescore --help lists the metrics and answer filters"
 
@@ -63,9 +66,23 @@ class Scorer:
     help: str = ""
 
 
+def choice_texts(rec: dict, task: Task) -> list[str]:
+    """The choice texts acc_norm measures: stored, or the scored continuations without the
+    task's target delimiter."""
+    if rec.get("choices") is not None:
+        return list(rec["choices"])
+    d = task.target_delimiter
+    return [c[len(d):] if d and c.startswith(d) else c for c in rec["continuations"]]
+
+
 def _acc(rec: dict, task: Task, _f: Filter | None) -> tuple[object, dict[str, float]]:
-    pred, _ = metrics.choose(rec["logprobs"], rec["choices"])
-    return pred, metrics.mc_scores(rec["logprobs"], rec["choices"], rec["gold"])
+    choices = choice_texts(rec, task)
+    pred, _ = metrics.choose(rec["logprobs"], choices)
+    return pred, metrics.mc_scores(rec["logprobs"], choices, rec["gold"])
+
+
+def _stored(rec: dict, task: Task, _f: Filter | None) -> tuple[object, dict[str, float]]:
+    return rec.get("pred"), dict(rec.get("metrics") or {})
 
 
 def _exact_match(rec: dict, task: Task, f: Filter | None) -> tuple[object, dict[str, float]]:
@@ -111,12 +128,15 @@ SCORERS: dict[str, Scorer] = {s.name: s for s in (
     Scorer("bbh_fewshot", "gen", _bbh_fewshot, help="lm-eval BBH few-shot exact match"),
     Scorer("letter", "gen", _letter, default_filter="none", help="first choice letter in the answer"),
     Scorer("humaneval", "gen", _humaneval, help="pass@1 from the stored execution result"),
+    Scorer("stored", "any", _stored, help="the per-sample scores as the run stored them"),
 )}
 
 
 def default_scorer(task: Task) -> str:
-    """The scorer the run itself used for a task (what scoring.score_ll/score_gen apply)."""
-    return "acc" if task.mode == "ll" else task.metric
+    """The scorer the run itself used for a task (what scoring.score_ll/score_gen apply), or
+    `stored` (its per-sample scores as recorded) where this module has no rescorer for it."""
+    name = "acc" if task.mode == "ll" and task.metric == "acc" else task.metric
+    return name if name in SCORERS and SCORERS[name].mode == task.mode else "stored"
 
 
 @dataclass(frozen=True)
@@ -145,7 +165,8 @@ def choose(tasks: Mapping[str, Task], metric_names: Sequence[str], filter_name: 
     used_metrics: set[str] = set()
     filter_used = False
     for abbr, task in tasks.items():
-        names = tuple(dict.fromkeys(m for m in metric_names if SCORERS[m].mode == task.mode)) if abbr in selected else ()
+        names = tuple(dict.fromkeys(m for m in metric_names if SCORERS[m].mode in (task.mode, "any"))) \
+            if abbr in selected else ()
         used_metrics.update(names)
         names = names or (default_scorer(task),)
         takes_filter = [n for n in names if SCORERS[n].default_filter is not None]

@@ -104,3 +104,36 @@ def test_rescore_refuses_what_would_not_take_effect(tmp_path):
         err = [x for x in r.stderr.splitlines() if x.startswith("error:")]
         assert r.returncode == 2 and len(err) == 1 and msg in err[0], (args, r.stderr)
         assert all_results(run_dir) == before
+
+
+def test_records_with_a_requests_list_read_and_rescore_the_same():
+    """A sample stored as a `requests` list (one model call per choice) reads as the flat record
+    and rescores to the same figures; a task without a rescorer keeps its stored scores."""
+    from evalcore.plan import DatasetSpec
+    from evalcore.report_html import sample_view
+    from evalcore.rescore import Choice, choose, default_scorer, rescore_record
+    from evalcore.samples import normalise
+    from evalcore.tasks import task_for
+
+    task = task_for(DatasetSpec("arc", "custom", "x.jsonl", mode="ll", template="{q}", choices="c", label="a"))
+    flat = {"index": 3, "prompt": "Q?", "choices": ["yes", "no way"], "continuations": [" yes", " no way"],
+            "logprobs": [-2.0, -2.5], "greedy": [False, False], "pred": 0, "pred_norm": 1, "gold": 1,
+            "metrics": {"acc": 0.0, "acc_norm": 1.0}}
+    listed = {"index": 3, "gold": 1, "pred": 0, "metrics": {"acc": 0.0, "acc_norm": 1.0},
+              "requests": [{"context": "Q?", "continuation": " yes", "loglikelihood": -2.0, "greedy": False},
+                           {"context": "Q?", "continuation": " no way", "loglikelihood": -2.5, "greedy": False}]}
+    rec = normalise(listed)
+    assert (rec["prompt"], rec["logprobs"], rec["continuations"]) == ("Q?", [-2.0, -2.5], [" yes", " no way"])
+    choice = Choice(("acc",), None)
+    assert rescore_record(rec, task, choice)["metrics"] == rescore_record(flat, task, choice)["metrics"] == flat["metrics"]
+    view = sample_view({"model": "m", "dataset": "arc", **rec})
+    assert [c["t"] for c in view["c"]] == ["yes", "no way"] and view["c"][1]["g"] and view["c"][0]["pr"]
+    gen = normalise({"index": 0, "gold": "4", "pred": "4", "metrics": {"exact_match": 1.0},
+                     "requests": [{"context": "2+2=", "generation": " 4", "filtered": {"strip": "4"}}]})
+    assert (gen["prompt"], gen["generation"]) == ("2+2=", " 4")
+    from dataclasses import replace
+
+    odd = replace(task, metric="lmeval")
+    assert default_scorer(odd) == "stored"
+    assert choose({"arc": odd}, [], None, [])["arc"] == Choice(("stored",), None)
+    assert rescore_record(rec, odd, Choice(("stored",), None))["metrics"] == rec["metrics"]
