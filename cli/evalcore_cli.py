@@ -145,7 +145,7 @@ def _execute_and_report(ctx) -> None:
         click.echo(f"\ninterrupted; workers stopped. Continue with: {driver.resume_command(ctx.run_dir)}", err=True)
         sys.exit(130)
     bar.close()
-    with Ledger(ctx.ledger_path, create=False) as ledger:
+    with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
         click.echo(_summary(ctx, ledger, "table"))
         if outcome.failed:
             click.echo("\nfailed partitions:", err=True)
@@ -209,7 +209,7 @@ def resume(run: str, work_dir: str) -> None:
 
     run_dir = driver.find_run(run, work_dir)
     ctx = driver.check_resume(run_dir, log=lambda s: click.echo(s, err=True))
-    with Ledger(ctx.ledger_path, create=False) as ledger:
+    with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
         n = ledger.requeue(ctx.run_id, now=time.time())
     click.echo(f"run {ctx.run_id}: {ctx.run_dir} ({n} partition(s) requeued)")
     _execute_and_report(ctx)
@@ -249,28 +249,53 @@ def _run_id(run_dir: Path) -> str:
 
 @evalcore.command()
 @click.argument("run")
-@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table")
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json", "html"]), default="table",
+              help="csv/json: one row per figure, numbers as numbers, with n and standard error; html: a "
+                   "self-contained page (charts, sample browser, provenance), needs --out.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the report to this file instead of printing it.")
 @click.option("--samples", "samples_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write one JSON line per sample (prompt, choices and log-likelihoods or generation, "
                    "prediction, gold, metrics).")
 @click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
 @handle_errors
-def report(run: str, fmt: str, samples_file: Path | None, work_dir: str) -> None:
-    """The summary table (dataset, version, metric, mode, one column per model).
+def report(run: str, fmt: str, out_file: Path | None, samples_file: Path | None, work_dir: str) -> None:
+    """The summary table (dataset, version, metric, mode, one column per model), from the newest
+    results version (which one is said on stderr).
 
     \b
     Example:
       evalcore report outputs/20261128-101500-ab12 --format md
       evalcore report 20261128-101500-ab12 --samples predictions.jsonl
+      evalcore report 20261128-101500-ab12 --format html --out report.html
     """
-    from evalcore import driver
+    from evalcore import driver, report_data
     from evalcore import report as rep
+    from evalcore.errors import ReportError
     from evalcore.ledger import Ledger
     from evalcore.runctx import RunContext
 
+    if fmt == "html" and out_file is None:
+        raise ReportError("--format html needs --out FILE (the page is one self-contained file)")
+    _check_out(out_file)
     ctx = RunContext.load(driver.find_run(run, work_dir))
     with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
-        click.echo(_summary(ctx, ledger, fmt))
+        data = report_data.gather(ctx, ledger)
+        if fmt == "html":
+            from evalcore import report_html
+
+            text = report_html.render_report(ctx, ledger, data)
+        elif fmt in ("json", "csv"):
+            text = report_data.render_machine(data, fmt)
+        else:
+            text = _summary(ctx, ledger, fmt)
+        if out_file is None:
+            click.echo(text)
+        else:
+            _write_atomically(out_file, text + "\n")
+        click.echo(data["note"], err=True)
+        if out_file is not None:
+            click.echo(f"wrote {fmt} report to {out_file}", err=True)
         if samples_file:
             owner = {p["partition_id"]: (p["model_key"], p["dataset_key"]) for p in ledger.partitions(ctx.run_id)}
             tmp = samples_file.with_name(samples_file.name + ".tmp")
@@ -281,6 +306,129 @@ def report(run: str, fmt: str, samples_file: Path | None, work_dir: str) -> None
                     n += 1
             tmp.replace(samples_file)
             click.echo(f"wrote {n} samples to {samples_file}", err=True)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    import os
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@evalcore.command()
+@click.argument("run")
+@click.option("--metric", "metric_names", multiple=True, metavar="NAME",
+              help="Score with this metric instead of the task's own (repeatable): acc, exact_match, gsm8k, "
+                   "bbh, bbh_fewshot, letter, humaneval, stored (the scores as the run stored them).")
+@click.option("--filter", "filter_name", metavar="NAME",
+              help="Answer filter for exact_match/letter: none, strip, first-line, strict-match, "
+                   "flexible-extract, regex:PATTERN.")
+@click.option("--dataset", "datasets", multiple=True, metavar="ABBR", help="Apply --metric/--filter only here.")
+@click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
+@handle_errors
+def rescore(run: str, metric_names: tuple[str, ...], filter_name: str | None, datasets: tuple[str, ...],
+            work_dir: str) -> None:
+    """Recompute every metric from the stored per-sample outputs: no model, tokenizer or GPU.
+
+    Writes a new results version in the run's ledger (the old ones are kept); `report` shows
+    the newest. Without --metric each task's own metric is used (the figures come out as the
+    run's).
+
+    \b
+    Example:
+      evalcore rescore outputs/20261128-101500-ab12
+      evalcore rescore 20261128-101500-ab12 --metric exact_match --filter 'regex:answer is (\\w+)'
+    """
+    import time
+
+    from evalcore import driver
+    from evalcore.ledger import Ledger
+    from evalcore.rescore import rescore_run
+    from evalcore.runctx import RunContext
+
+    ctx = RunContext.load(driver.find_run(run, work_dir))
+    with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
+        version, skipped = rescore_run(ctx, ledger, metric_names, filter_name, datasets, now=time.time())
+        for model, dataset in skipped:
+            click.echo(f"skipped {model} x {dataset}: not finished (resume the run first)", err=True)
+        click.echo(f"run {ctx.run_id}: results version {version} (rescore)")
+        click.echo(_summary(ctx, ledger, "table"))
+
+
+@evalcore.command()
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "json", "html"]), default="table")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the comparison to this file instead of printing it.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
+              help="A difference with a paired-test p-value at or above this is flagged as within noise.")
+@click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
+@handle_errors
+def compare(run_a: str, run_b: str, fmt: str, out_file: Path | None, alpha: float, work_dir: str) -> None:
+    """Compare two runs per model x dataset: both scores, the difference (B - A) and a paired
+    test on the samples both scored (McNemar for 0/1 scores, else a paired bootstrap with a
+    fixed seed); differences within noise are flagged.
+
+    \b
+    Example:
+      evalcore compare outputs/20261128-101500-ab12 outputs/20261129-090000-cd34
+      evalcore compare RUN_A RUN_B --format html --out compare.html
+    """
+    from evalcore import compare as cmp
+    from evalcore import driver
+    from evalcore.ledger import Ledger
+    from evalcore.runctx import RunContext
+
+    _check_out(out_file)
+    ctx_a = RunContext.load(driver.find_run(run_a, work_dir))
+    ctx_b = RunContext.load(driver.find_run(run_b, work_dir))
+    with Ledger(ctx_a.ledger_path, create=False, run_id=ctx_a.run_id) as la, \
+            Ledger(ctx_b.ledger_path, create=False, run_id=ctx_b.run_id) as lb:
+        doc = cmp.compare_runs(ctx_a, la, ctx_b, lb, alpha)
+    text = cmp.render(doc, fmt)
+    if out_file is None:
+        click.echo(text)
+    else:
+        _write_atomically(out_file, text + "\n")
+        click.echo(f"wrote {fmt} comparison to {out_file}", err=True)
+
+
+@evalcore.command(name="export")
+@click.argument("run")
+@click.option("--db", "db_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="SQLite file to write (created, or this run's rows replaced in it).")
+@click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
+@handle_errors
+def export_(run: str, db_file: Path, work_dir: str) -> None:
+    """Write a run's runs, settings, results (every version) and samples as plain SQLite tables,
+    for sqlite3, Datasette or pandas.
+
+    \b
+    Example:
+      evalcore export outputs/20261128-101500-ab12 --db results.db
+      sqlite3 results.db "SELECT model, dataset, metric, value FROM results WHERE subtask = ''"
+    """
+    from evalcore import driver
+    from evalcore.export_db import export_run
+    from evalcore.ledger import Ledger
+    from evalcore.runctx import RunContext
+
+    ctx = RunContext.load(driver.find_run(run, work_dir))
+    with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
+        counts = export_run(ctx, ledger, db_file)
+    click.echo(f"run {ctx.run_id}: wrote " + ", ".join(f"{n} {t}" for t, n in counts.items()) + f" to {db_file}")
+
+
+def _check_out(out_file: Path | None) -> None:
+    from evalcore.errors import ReportError
+
+    if out_file is not None and not out_file.parent.is_dir():
+        raise ReportError(f"--out {out_file}: the folder {out_file.parent} does not exist", hint="create it first")
 
 
 @evalcore.command()

@@ -4,7 +4,6 @@ finished, and runs again; finished samples are reused."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -137,28 +136,12 @@ def execute(ctx, *, on_progress=None) -> Outcome:
 
 def finalize(ctx, ledger) -> None:
     """Aggregate the samples of every model x dataset whose partitions are all done."""
-    from .scoring import aggregate
+    from .samples import by_unit
+    from .scoring import result_rows
 
-    parts = ledger.partitions(ctx.run_id)
-    complete: dict[tuple[str, str], bool] = {}
-    for p in parts:
-        key = (p["model_key"], p["dataset_key"])
-        complete[key] = complete.get(key, True) and p["status"] == "done"
-    by_unit: dict[tuple[str, str], list[dict]] = {}
-    owner = {p["partition_id"]: (p["model_key"], p["dataset_key"]) for p in parts}
-    for pid, _idx, out in ledger.samples(ctx.run_id):
-        key = owner[pid]
-        if complete.get(key):
-            by_unit.setdefault(key, []).append(json.loads(out))
-    rows = []
-    for (model, dataset), samples in by_unit.items():
-        for metric, agg in aggregate(samples).items():
-            rows.append({"model_key": model, "dataset_key": dataset, "metric": metric, "value": agg["value"],
-                         "stderr": agg["stderr"], "n": agg["n"]})
-            if "macro" in agg:
-                rows.append({"model_key": model, "dataset_key": dataset, "metric": f"{metric}_macro",
-                             "value": agg["macro"], "stderr": None, "n": agg["n"]})
-    ledger.put_results(ctx.run_id, rows)
+    rows = [r for (model, dataset), samples in by_unit(ledger, ctx.run_id).items()
+            for r in result_rows(model, dataset, samples)]
+    ledger.put_results(ctx.run_id, rows, now=time.time())
 
 
 def find_run(ref: str | None, work_dir: str = "outputs") -> Path:

@@ -58,3 +58,11 @@ class OfflineViolation(EvalcoreError, ConnectionError):
 
     exit_code = EXIT_OFFLINE
     default_hint = "everything must come from the local cache: prefetch the missing artefact, or pass --no-offline"
+
+
+class ReportError(EvalcoreError, ValueError):
+    """A report, comparison or export that cannot be made as asked: a destination that is not
+    ours to overwrite, a missing folder, a library the HTML report needs."""
+
+    exit_code = EXIT_USAGE
+    default_hint = "evalcore report/compare/export --help says what they take"

@@ -12,8 +12,9 @@ Time is always a parameter (`now`, epoch seconds): nothing here reads the clock,
 is tested without sleeping.
 
 Tables: runs, partitions (status, attempts, claim, lease, last error, timings), attempts (one row
-per claim: who, when, outcome, error — the history that `requeue` keeps), samples, results,
-loads (every model load a worker did).
+per claim: who, when, outcome, error — the history that `requeue` keeps), samples, results (in
+versions: `result_versions` says which computed them, eval or a rescore; per subtask too), loads
+(every model load a worker did).
 """
 
 from __future__ import annotations
@@ -170,7 +171,40 @@ _V1 = (
 )
 
 
-SCHEMA = db.Schema(label="run ledger", application_id=APPLICATION_ID, migrations={1: db.script(_V1)})
+# Schema 2: results come in versions (1 = what `eval` computed; `rescore` adds more, the old ones
+# stay), and rows per subtask (MMLU subjects; '' = the whole dataset).
+_V2 = (
+    """CREATE TABLE result_versions (
+        run_id TEXT NOT NULL REFERENCES runs (run_id),
+        version INTEGER NOT NULL CHECK (version >= 1),
+        created_at REAL NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('eval', 'rescore')),
+        settings_json TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (run_id, version)
+    )""",
+    """CREATE TABLE results_v2 (
+        run_id TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 1,
+        model_key TEXT NOT NULL,
+        dataset_key TEXT NOT NULL,
+        subtask TEXT NOT NULL DEFAULT '',
+        metric TEXT NOT NULL,
+        value REAL,
+        stderr REAL,
+        n INTEGER,
+        PRIMARY KEY (run_id, version, model_key, dataset_key, subtask, metric),
+        FOREIGN KEY (run_id, version) REFERENCES result_versions (run_id, version)
+    )""",
+    """INSERT INTO result_versions (run_id, version, created_at, kind)
+        SELECT DISTINCT r.run_id, 1, runs.updated_at, 'eval' FROM results r JOIN runs USING (run_id)""",
+    """INSERT INTO results_v2 (run_id, version, model_key, dataset_key, subtask, metric, value, stderr, n)
+        SELECT run_id, 1, model_key, dataset_key, '', metric, value, stderr, n FROM results""",
+    "DROP TABLE results",
+    "ALTER TABLE results_v2 RENAME TO results",
+)
+
+SCHEMA = db.Schema(label="run ledger", application_id=APPLICATION_ID,
+                   migrations={1: db.script(_V1), 2: db.script(_V2)})
 
 _CLAIM_COLUMNS = ("partition_id, attempts, model_key, dataset_key, key_hash, spec_json, "
                   "sample_start, sample_end, n_gpus, expires_at")
@@ -473,6 +507,20 @@ class Ledger:
                 return
             after = (page[-1][0], page[-1][1])
 
+    def tables(self) -> list[str]:
+        """The ledger's table names (reports show the ones they do not know generically)."""
+        return [r[0] for r in self._read("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                         "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+
+    def table_rows(self, table: str, run_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Up to `limit` rows of any ledger table as dicts (of one run where it has run_id)."""
+        if table not in self.tables():
+            raise LedgerError(f"{self.path}: no table {table!r} in this ledger")
+        cols = [r[1] for r in self._read(f'PRAGMA table_info("{table}")')]
+        if run_id is not None and "run_id" in cols:
+            return [dict(r) for r in self._read(f'SELECT * FROM "{table}" WHERE run_id = ? LIMIT ?', (run_id, limit))]
+        return [dict(r) for r in self._read(f'SELECT * FROM "{table}" LIMIT ?', (limit,))]
+
     def progress(self, run_id: str) -> list[dict[str, Any]]:
         """Per (model_key, dataset_key): samples total/done, partitions by status, failures (with
         error class), and timings for an ETA: `started_at` (first claim), `last_activity_at`,
@@ -519,17 +567,72 @@ class Ledger:
             "SELECT worker_id, model_key, started_at, seconds FROM loads WHERE run_id = ? "
             "ORDER BY started_at, id", (run_id,))]
 
-    def put_results(self, run_id: str, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Upsert metric rows: model_key, dataset_key, metric, value, and optional stderr, n."""
+    def put_results(self, run_id: str, rows: Iterable[Mapping[str, Any]], *, now: float | None = None) -> int:
+        """Upsert what `eval` computed: model_key, dataset_key, metric, value, and optional
+        stderr, n, subtask. They go into the newest results version when that one is an 'eval'
+        version (a resume updates it), else into a new one (a rescore came in between). Returns
+        the version written."""
         with self._write() as conn:
-            conn.executemany(
-                "INSERT INTO results (run_id, model_key, dataset_key, metric, value, stderr, n) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, model_key, dataset_key, metric) "
-                "DO UPDATE SET value = excluded.value, stderr = excluded.stderr, n = excluded.n",
-                [(run_id, r["model_key"], r["dataset_key"], r["metric"], r["value"], r.get("stderr"),
-                  r.get("n")) for r in rows])
+            newest = conn.execute("SELECT version, kind FROM result_versions WHERE run_id = ? "
+                                  "ORDER BY version DESC LIMIT 1", (run_id,)).fetchone()
+            if newest is not None and newest[1] == "eval":
+                version = newest[0]
+                if now is not None:
+                    conn.execute("UPDATE result_versions SET created_at = ? WHERE run_id = ? AND version = ?",
+                                 (now, run_id, version))
+            else:
+                version = self._new_version(conn, run_id, "eval", {}, now)
+            self._upsert_results(conn, run_id, version, rows)
+            return version
 
-    def results(self, run_id: str) -> list[dict[str, Any]]:
+    def add_results_version(self, run_id: str, rows: Iterable[Mapping[str, Any]], *, kind: str,
+                            settings: Mapping[str, Any], now: float) -> int:
+        """A new results version (the older ones are kept), with the settings that produced it."""
+        with self._write() as conn:
+            version = self._new_version(conn, run_id, kind, settings, now)
+            self._upsert_results(conn, run_id, version, rows)
+            return version
+
+    @staticmethod
+    def _new_version(conn: sqlite3.Connection, run_id: str, kind: str, settings: Mapping[str, Any],
+                     now: float | None) -> int:
+        row = conn.execute("SELECT coalesce(max(version), 0) + 1, (SELECT updated_at FROM runs WHERE run_id = ?) "
+                           "FROM result_versions WHERE run_id = ?", (run_id, run_id)).fetchone()
+        created = now if now is not None else row[1]
+        if created is None:
+            raise LedgerError(f"no run {run_id} in this ledger")
+        conn.execute("INSERT INTO result_versions (run_id, version, created_at, kind, settings_json) "
+                     "VALUES (?, ?, ?, ?, ?)", (run_id, row[0], created, kind, json.dumps(dict(settings), sort_keys=True)))
+        return row[0]
+
+    @staticmethod
+    def _upsert_results(conn: sqlite3.Connection, run_id: str, version: int, rows: Iterable[Mapping[str, Any]]) -> None:
+        conn.executemany(
+            "INSERT INTO results (run_id, version, model_key, dataset_key, subtask, metric, value, stderr, n) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (run_id, version, model_key, dataset_key, subtask, metric) "
+            "DO UPDATE SET value = excluded.value, stderr = excluded.stderr, n = excluded.n",
+            [(run_id, version, r["model_key"], r["dataset_key"], r.get("subtask") or "", r["metric"], r["value"],
+              r.get("stderr"), r.get("n")) for r in rows])
+
+    def result_versions(self, run_id: str) -> list[dict[str, Any]]:
+        """Every results version of a run, oldest first: version, created_at, kind, settings."""
+        out = []
+        for r in self._read("SELECT version, created_at, kind, settings_json FROM result_versions "
+                            "WHERE run_id = ? ORDER BY version", (run_id,)):
+            d = dict(r)
+            d["settings"] = json.loads(d.pop("settings_json"))
+            out.append(d)
+        return out
+
+    def results(self, run_id: str, version: int | None = None, *, subtasks: bool = False) -> list[dict[str, Any]]:
+        """Metric rows of one results version (default: the newest). With `subtasks`, the
+        per-subtask rows too, each with its `subtask` ('' for the whole dataset)."""
+        if version is None:
+            got = self._read("SELECT max(version) FROM result_versions WHERE run_id = ?", (run_id,))
+            version = got[0][0] if got and got[0][0] is not None else 1
+        cols = "model_key, dataset_key, " + ("subtask, " if subtasks else "") + "metric, value, stderr, n"
+        where = "" if subtasks else " AND subtask = ''"
         return [dict(r) for r in self._read(
-            "SELECT model_key, dataset_key, metric, value, stderr, n FROM results WHERE run_id = ? "
-            "ORDER BY model_key, dataset_key, metric", (run_id,))]
+            f"SELECT {cols} FROM results WHERE run_id = ? AND version = ?{where} "
+            "ORDER BY model_key, dataset_key, subtask, metric", (run_id, version))]

@@ -69,4 +69,20 @@ def aggregate(samples: Iterable[dict]) -> dict[str, dict]:
             g = metrics.group_scores(groups[name])
             out[name]["macro"] = g.macro
             out[name]["groups"] = {s.name: s.mean for s in g.subjects}
+            out[name]["group_stats"] = {s.name: {"value": s.mean, "stderr": s.stderr, "n": s.size}
+                                        for s in g.subjects}
     return out
+
+
+def result_rows(model: str, dataset: str, samples: Iterable[dict]) -> list[dict]:
+    """The ledger's result rows of one model x dataset: each metric (value, stderr, n), the
+    macro average of a grouped task as `<metric>_macro`, and one row per group (subtask)."""
+    rows = []
+    for metric, agg in aggregate(samples).items():
+        base = {"model_key": model, "dataset_key": dataset}
+        rows.append({**base, "metric": metric, "value": agg["value"], "stderr": agg["stderr"], "n": agg["n"]})
+        if "macro" in agg:
+            rows.append({**base, "metric": f"{metric}_macro", "value": agg["macro"], "stderr": None, "n": agg["n"]})
+        for group, st in agg.get("group_stats", {}).items():
+            rows.append({**base, "subtask": group, "metric": metric, **st})
+    return rows

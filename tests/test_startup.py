@@ -61,3 +61,20 @@ def test_status_and_gpus_import_nothing_heavy(tmp_path):
         assert p.stdout.strip() == "", f"{args}: heavy modules imported: {p.stdout.strip()}"
         if args == ["gpus"]:
             assert "devices: 0, 1" in p.stderr and "gpu 0 slot 0: free" in p.stderr
+
+
+LAZY = ("sqlite_utils", "jinja2", "matplotlib")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["report", "--help"], ["rescore", "--help"], ["compare", "--help"],
+                                  ["export", "--help"]])
+def test_report_libraries_load_only_when_used(args):
+    """sqlite-utils (export), Jinja2 and matplotlib (HTML) are imported by the command that
+    needs them, not at start-up; every new command has help with an example."""
+    stmt = ("from click.testing import CliRunner; import cli.evalcore_cli as c; "
+            f"res = CliRunner().invoke(c.evalcore, {args!r}); assert res.exit_code == 0, res.output; "
+            "assert 'Example' in res.output, res.output")
+    r = subprocess.run([sys.executable, "-c", CODE.format(stmt=stmt, heavy=HEAVY + LAZY)],
+                       env=clean_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "", f"imported at start-up: {r.stdout.strip()}"
