@@ -286,7 +286,11 @@ def report(run: str, fmt: str, out_file: Path | None, samples_file: Path | None,
 
             text = report_html.render_report(ctx, ledger, data)
         elif fmt in ("json", "csv"):
+            from evalcore.security import report_notes
+
             text = report_data.render_machine(data, fmt)
+            for note in report_notes(ctx.security):  # machine formats stay parseable: notes on stderr
+                click.echo(note, err=True)
         else:
             text = _summary(ctx, ledger, fmt)
         if out_file is None:

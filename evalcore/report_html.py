@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from .errors import ReportError
 from .report_data import primary_metric, summary_grid
+from .security import report_notes
 
 NEEDS = "pip install 'cachekit-evalcore[report]' (Jinja2 and matplotlib)"
 
@@ -178,6 +179,7 @@ def render_report(ctx, ledger, data: Mapping) -> str:
     template = template_env().get_template("report.html.j2")
     samples = samples_for(ctx, ledger, data["version"])
     return template.render(
-        run_id=ctx.run_id, note=data["note"], models=data["models"], datasets=data["datasets"],
+        run_id=ctx.run_id, note=data["note"], warnings=report_notes(ctx.security),
+        models=data["models"], datasets=data["datasets"],
         grid=summary_grid(data["rows"], data["models"]), charts=charts(data, ctx.plan), samples=samples,
         prov=provenance.gather(ctx, ledger))

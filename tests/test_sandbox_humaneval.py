@@ -26,7 +26,24 @@ from tests.conftest import ROOT, clean_env, run_cli
 from tests.sandbox_probes import PROBE_NAMES, SECRET, Host, kill_leftovers, probes
 
 DATA = ROOT / "tests" / "data"
-EVALCORE_TABLES = {"runs", "partitions", "attempts", "samples", "results", "loads"}
+
+
+def _schema_tables() -> set[str]:
+    """The tables a fresh ledger has (whatever the schema version): all a run may hold."""
+    import tempfile
+
+    from evalcore.ledger import Ledger
+
+    with tempfile.TemporaryDirectory() as d:
+        Ledger(Path(d) / "ledger.db", create=True).close()
+        con = sqlite3.connect(Path(d) / "ledger.db")
+        try:
+            return {n for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+
+
+EVALCORE_TABLES = _schema_tables()
 
 
 def hostile_rows(host: Host) -> list[dict]:
