@@ -1,16 +1,21 @@
-"""`cachekit import`: plan, then execute, all or nothing.
+"""`cachekit import`: check, plan, then execute, all or nothing.
 
-Plan: every file of every entry is `new`, `present` (same bytes already installed), `conflicting`
-(different bytes already at that place) or `corrupt` (the bundle's object does not match its
-hash). Execute: copy and hash new objects into a staging folder beside their destination (one
-pass), and only when every one is good move them into place under a file lock, recording each
-step so that any failure undoes all of them: after a failed import the cache is as it was.
+Check: the bundle's structure with the checker `cachekit verify` uses (`cachekit.check`), before
+anything is created. Plan: every file of every entry is `new`, `present` (same bytes already
+installed), `conflicting` (different bytes, or a file where a folder is needed, already there)
+or `corrupt` (the bundle's object does not match its hash). Execute: copy and hash new objects
+into a staging folder beside their destination (one pass), hash the bundle objects not copied,
+and only when every one is good move them into place under a lock. Every change, from the first
+folder on, is journalled (`Changes`), so any failure (disk full included) undoes all of them:
+after a refused or failed import the HF home is as it was, folders and lock files included.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,15 +23,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from filelock import FileLock
-
+from . import check, paths
 from . import manifest as mf
-from . import paths
 from ._fs import prune_empty_dirs, remove_quietly, write_error
-from .bundle import BundleReader, open_bundle
-from .checksum import copy_range_and_hash, sha256_file, sha256_stream
-from .errors import CachekitError, ConflictError, VerificationError, WriteError
-from .index import Index
+from .bundle import BundleReader, DirBundle, Problem, open_bundle
+from .changes import Changes
+from .checksum import copy_range_and_hash, sha256_file
+from .errors import CachekitError, ConflictError, UsageError, WriteError
+from .index import INDEX_FILES, Index
+from .lock import exclusive
 
 NEW, PRESENT, CONFLICTING, CORRUPT = "new", "present", "conflicting", "corrupt"
 
@@ -63,17 +68,41 @@ class Plan:
         return [f"{s.status}: {s.name}" + (f" ({s.detail})" if s.detail else "")
                 for s in self.steps if s.status in (CONFLICTING, CORRUPT)]
 
+    def conflicts(self) -> list[str]:
+        return [p for p in self.problems() if p.startswith(CONFLICTING)]
+
 
 def _same_content(path: Path, sha256: str, size: int) -> bool | None:
     """True/False if `path` holds (or not) these bytes; None if nothing readable is there."""
     try:
         if not path.exists():
             return None
-        if path.stat().st_size != size:
+        if not path.is_file() or path.stat().st_size != size:
             return False
         return sha256_file(path) == sha256
     except OSError:
         return False
+
+
+def _obstacle(root: Path, target: Path, folder: bool = False) -> str | None:
+    """Why `target` cannot be created under `root`: a file or link where a folder is needed, or
+    a folder where the file goes (or a file where the folder `target` goes)."""
+    rel = target.relative_to(root).parts
+    p = root
+    for i, part in enumerate(rel):
+        p = p / part
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return f"{p} cannot be read: {exc.strerror}"
+        last = i == len(rel) - 1
+        if last and not folder:
+            return f"{p} is a folder" if stat.S_ISDIR(st.st_mode) else None
+        if not stat.S_ISDIR(st.st_mode):
+            return f"{p} is a {'link' if stat.S_ISLNK(st.st_mode) else 'file'} where a folder is needed"
+    return None
 
 
 def make_plan(m: mf.Manifest, hub: Path, store: Path) -> Plan:
@@ -83,92 +112,51 @@ def make_plan(m: mf.Manifest, hub: Path, store: Path) -> Plan:
         for f in e.files:
             if e.kind == "dataset":
                 step = FileStep(e, f, paths.dataset_file(store, e.repo_id, e.commit, f.path), None)
-                same = _same_content(step.blob, f.sha256, f.size)
+                blocked = _obstacle(store, step.blob)
+                same = None if blocked else _same_content(step.blob, f.sha256, f.size)
             else:
                 link = paths.snapshot_path(hub, e.repo_type, e.repo_id, e.commit, f.path)
-                step = FileStep(e, f, paths.blob_path(hub, e.repo_type, e.repo_id, f.etag or f.sha256), link)
-                same = _same_content(link, f.sha256, f.size)
-                if same is None and not link.is_symlink() and os.path.lexists(link):
+                step = FileStep(e, f, paths.blob_path(hub, e.repo_type, e.repo_id, f.etag), link)
+                blocked = _obstacle(hub, link.parent, folder=True) or _obstacle(hub, step.blob)
+                same = None if blocked else _same_content(link, f.sha256, f.size)
+                if same is None and not blocked and not link.is_symlink() and os.path.lexists(link):
                     same = False
-                if same is None:
+                if same is None and not blocked:
                     same = _same_content(step.blob, f.sha256, f.size)
                     if same:  # bytes there, link missing: only the link is new
                         step.status, step.detail = NEW, "link only"
                         steps.append(step)
                         continue
-            if same is True:
+            if blocked:
+                step.status, step.detail = CONFLICTING, blocked
+            elif same is True:
                 step.status = PRESENT
             elif same is False:
                 step.status, step.detail = CONFLICTING, "different bytes already in the cache"
             steps.append(step)
         if e.kind != "dataset" and e.revision != e.commit:
             ref = paths.ref_path(hub, e.repo_type, e.repo_id, e.revision)
+            blocked = _obstacle(hub, ref)
+            if blocked:
+                steps.append(FileStep(e, mf.FileRecord(f"refs/{e.revision}", 0, "", ""), ref, None,
+                                      CONFLICTING, blocked))
+                continue
             old = ref.read_text().strip() if ref.is_file() else None
             if old != e.commit:
                 refs.append((ref, old, e.commit))
     return Plan(steps, refs, m.entries)
 
 
-def check_objects(reader: BundleReader, plan: Plan, progress: Callable[[int], None] | None = None) -> None:
-    """For --dry-run: hash the bundle objects the import would copy and mark corrupt ones."""
-    seen: dict[str, str | None] = {}
+def _copied(plan: Plan) -> list[FileStep]:
+    """The steps whose bytes this import copies from the bundle."""
+    return [s for s in plan.steps if s.status == NEW and s.detail != "link only"]
+
+
+def _mark_corrupt(plan: Plan, problems: list[Problem]) -> None:
+    bad = {p.member.rsplit("/", 1)[-1]: p.detail or p.kind for p in problems}
     for s in plan.steps:
-        if s.status != NEW or s.detail == "link only":
-            continue
-        sha = s.file.sha256
-        if sha not in seen:
-            seen[sha] = _object_problem(reader, s.file, progress)
-        if seen[sha]:
-            s.status, s.detail = CORRUPT, seen[sha]
-
-
-def _object_problem(reader: BundleReader, f: mf.FileRecord, progress) -> str | None:
-    size = reader.object_size(f.sha256)
-    if size is None:
-        return "missing from the bundle"
-    if size != f.size:
-        return f"{size} bytes in the bundle, expected {f.size}"
-    with reader.open_object(f.sha256) as src:
-        got, _ = sha256_stream(src, progress)
-    return None if got == f.sha256 else "sha256 mismatch in the bundle"
-
-
-class _Undo:
-    """Records each change to the cache so a failure can take all of them back."""
-
-    def __init__(self) -> None:
-        self._steps: list[tuple[str, Path, str | None]] = []
-
-    def created(self, path: Path) -> None:
-        self._steps.append(("created", path, None))
-
-    def replaced(self, path: Path, old: str | None) -> None:
-        self._steps.append(("replaced", path, old))
-
-    def mkdirs(self, path: Path) -> None:
-        missing = []
-        p = path
-        while not p.exists():
-            missing.append(p)
-            p = p.parent
-        path.mkdir(parents=True, exist_ok=True)
-        for d in reversed(missing):
-            self._steps.append(("dir", d, None))
-
-    def rollback(self) -> None:
-        for kind, path, old in reversed(self._steps):
-            try:
-                if kind == "created":
-                    path.unlink(missing_ok=True)
-                elif kind == "replaced":
-                    if old is None:
-                        path.unlink(missing_ok=True)
-                    else:
-                        path.write_text(old)
-                elif kind == "dir":
-                    path.rmdir()
-            except OSError:
-                pass
+        if s.status in (NEW, PRESENT) and s.file.sha256 in bad:
+            s.status, s.detail = CORRUPT, bad[s.file.sha256]
 
 
 def import_bundle(bundle: str | os.PathLike, *, dry_run: bool = False, link: bool = False,
@@ -177,136 +165,142 @@ def import_bundle(bundle: str | os.PathLike, *, dry_run: bool = False, link: boo
     """Install a bundle into the hub cache and the dataset store; return the executed plan."""
     hub, store = paths.hub_cache(), paths.store_root()
     with open_bundle(bundle) as reader:
-        m = reader.manifest()
+        m, problems, hashable = check.structure(reader)
+        check.refuse(problems)  # what verify refuses, before anything is created
+        if link:
+            _check_link(reader, hub, store)
         plan = make_plan(m, hub, store)
         if dry_run:
-            check_objects(reader, plan, progress)
+            _mark_corrupt(plan, check.hash_objects(reader, m, hashable, progress))
             show(plan)
             return plan
-        staging: list[Path] = []
-        try:
-            _stage(reader, plan, hub, store, staging, progress, link)
+        if plan.conflicts():
             show(plan)
-            if plan.problems():
-                err = ConflictError if any(s.status == CONFLICTING for s in plan.steps) else VerificationError
-                if err is ConflictError:
-                    raise ConflictError(f"import refused: {plan.problems()[0]}"
-                                        + (f" (and {len(plan.problems()) - 1} more)" if len(plan.problems()) > 1 else ""))
-                raise VerificationError(plan.problems())
-            _commit(plan, hub, store, str(Path(bundle)))
-        finally:
-            for d in staging:
-                shutil.rmtree(d, ignore_errors=True)
+            more = len(plan.conflicts()) - 1
+            raise ConflictError(f"import refused: {plan.conflicts()[0]}" + (f" (and {more} more)" if more else ""))
+        copied = {s.file.sha256 for s in _copied(plan)}
+        problems = check.hash_objects(reader, m, hashable - copied, progress)  # as verify does
+        changes = Changes()
+        try:
+            if not problems:
+                problems = _stage(reader, m, plan, hub, store, changes, progress, link)
+            if problems:
+                _mark_corrupt(plan, problems)
+                show(plan)
+                check.refuse(problems)
+            show(plan)
+            if not plan.nothing_to_do:
+                _commit(plan, hub, store, str(Path(bundle)), changes)
+            changes.commit()
+        except BaseException:
+            changes.rollback()
+            raise
         return plan
 
 
-def _stage(reader: BundleReader, plan: Plan, hub: Path, store: Path, staging: list[Path], progress,
-           link: bool = False) -> None:
+def _stage(reader: BundleReader, m: mf.Manifest, plan: Plan, hub: Path, store: Path, changes: Changes,
+           progress, link: bool = False) -> list[Problem]:
     """Copy each new object into a staging folder on its destination's filesystem (in the
     kernel where possible), then hash the copy: a file is accepted only for what actually landed.
-    With `link` (folder bundles on the same filesystem), hash the object and hard-link it instead:
-    zero-copy. Files are handled on a few threads; hashing and copy_file_range release the GIL."""
+    With `link` (folder bundles on the same filesystem), hard-link the object instead (zero-copy)
+    and hash the link. Files are handled on a few threads; hashing and copy_file_range release
+    the GIL. Returns the objects whose bytes are not what the manifest says."""
+    jobs: dict[tuple[Path, str], FileStep] = {}
+    for s in _copied(plan):
+        jobs.setdefault((store if s.entry.kind == "dataset" else hub, s.file.sha256), s)
     dirs: dict[Path, Path] = {}
-
-    def staging_dir(root: Path) -> Path:
+    for root, _sha in jobs:  # staging folders up front, on the main thread, journalled
         if root not in dirs:
+            changes.mkdirs(root)
+            d = root / f".cachekit-staging-{uuid.uuid4().hex[:12]}"
             try:
-                root.mkdir(parents=True, exist_ok=True)
-                d = root / f".cachekit-staging-{uuid.uuid4().hex[:12]}"
                 d.mkdir()
             except OSError as exc:
                 raise write_error(exc, root) from exc
+            changes.created_tree(d)
             dirs[root] = d
-            staging.append(d)
-        return dirs[root]
 
-    jobs: dict[tuple[Path, str], FileStep] = {}
-    for s in plan.steps:
-        if s.status == NEW and s.detail != "link only":
-            root = store if s.entry.kind == "dataset" else hub
-            jobs.setdefault((root, s.file.sha256), s)
-
-    def run(key: tuple[Path, str]) -> Path | str:
+    def run(key: tuple[Path, str]) -> Path | str | BaseException:
         root, sha = key
-        f = jobs[key].file
-        size = reader.object_size(sha)
-        if size is None:
-            return "missing from the bundle"
-        if size != f.size:
-            return f"{size} bytes in the bundle, expected {f.size}"
-        src, offset, _ = reader.object_location(sha)
-        tmp = staging_dir(root) / sha
+        tmp = dirs[root] / sha
         try:
-            if link and offset == 0 and _same_device(src, tmp.parent):
-                got = sha256_file(src, progress)
-                if got == sha:
-                    os.link(src, tmp)
+            if link:
+                reader.link_object(sha, tmp)
+                got = sha256_file(tmp, progress)
             else:
-                got = copy_range_and_hash(src, offset, size, tmp, progress)
+                with reader.object_fd(sha) as (fd, offset, size):
+                    got = copy_range_and_hash(fd, offset, size, tmp, progress)
+        except CachekitError as exc:
+            return exc
         except OSError as exc:
-            raise write_error(exc, jobs[key].blob) from exc
-        return tmp if got == sha else "sha256 mismatch in the bundle"
+            return write_error(exc, jobs[key].blob)
+        return tmp if got == sha else got
 
-    for key in jobs:  # create staging folders up front (not thread-safe)
-        staging_dir(key[0])
     workers = min(4, os.cpu_count() or 1, max(1, len(jobs)))
     order = sorted(jobs, key=lambda k: jobs[k].file.size, reverse=True)
     with ThreadPoolExecutor(workers) as pool:
         done = dict(zip(order, pool.map(run, order), strict=True))
-    for s in plan.steps:
-        if s.status != NEW or s.detail == "link only":
-            continue
+    for result in done.values():
+        if isinstance(result, WriteError):
+            raise result
+    names = check.owners(m)
+    problems = [p for (_root, sha), r in done.items() if not isinstance(r, Path)
+                if (p := check.content_problem(names, sha, r))]
+    for s in _copied(plan):
         result = done[(store if s.entry.kind == "dataset" else hub, s.file.sha256)]
-        if isinstance(result, str):
-            s.status, s.detail = CORRUPT, result
-        else:
+        if isinstance(result, Path):
             s.staged = result
+    return problems
 
 
-def _same_device(a: Path, b: Path) -> bool:
-    try:
-        return os.stat(a).st_dev == os.stat(b).st_dev
-    except OSError:
-        return False
+def _check_link(reader: BundleReader, hub: Path, store: Path) -> None:
+    """--link takes effect or is refused: a folder bundle on the filesystem of both roots."""
+    if not isinstance(reader, DirBundle):
+        raise UsageError(f"--link needs a bundle folder; {reader.path} is a tar", hint="import without --link")
+    dev = os.stat(reader.path).st_dev
+    for root in (hub, store):
+        existing = root
+        while not os.path.exists(existing):
+            existing = existing.parent
+        if os.stat(existing).st_dev != dev:
+            raise UsageError(f"--link: {reader.path} and {root} are on different filesystems (hard links cannot cross)",
+                             hint="import without --link, or put the bundle on the cache's filesystem")
 
 
-def _commit(plan: Plan, hub: Path, store: Path, bundle: str) -> None:
-    """Move staged objects into place, create links and refs, update the index; undo on failure."""
-    hub.mkdir(parents=True, exist_ok=True)
-    store.mkdir(parents=True, exist_ok=True)
-    undo = _Undo()
-    with FileLock(str(hub / ".cachekit.lock")), FileLock(str(store / ".cachekit.lock")):
+def _commit(plan: Plan, hub: Path, store: Path, bundle: str, changes: Changes) -> None:
+    """Move staged objects into place, create links and refs, update the index, under the
+    locks of both roots; on any failure roll back (while still holding them) and re-raise."""
+    changes.mkdirs(hub)
+    changes.mkdirs(store)
+    with exclusive(hub / ".cachekit.lock", changes), exclusive(store / ".cachekit.lock", changes):
         try:
             for s in plan.steps:
                 if s.status != NEW:
                     continue
-                if s.staged is not None and not s.blob.exists():
-                    undo.mkdirs(s.blob.parent)
+                if s.staged is not None and not os.path.lexists(s.blob):
+                    changes.mkdirs(s.blob.parent)
+                    changes.created(s.blob)
                     if s.staged.exists():
                         os.replace(s.staged, s.blob)
                     else:  # the same object serves two paths: the first took the staged file
                         shutil.copyfile(_installed(plan, s), s.blob)
-                    undo.created(s.blob)
                 if s.link is not None and not os.path.lexists(s.link):
-                    undo.mkdirs(s.link.parent)
+                    changes.mkdirs(s.link.parent)
+                    changes.created(s.link)
                     _link(s.blob, s.link)
-                    undo.created(s.link)
             for ref, _old, new in plan.refs:
-                undo.mkdirs(ref.parent)
-                current = ref.read_text().strip() if ref.is_file() else None
-                tmp = ref.with_name(f".{ref.name}.tmp-{uuid.uuid4().hex[:8]}")
-                tmp.write_text(new)
-                os.replace(tmp, ref)
-                undo.replaced(ref, current)
+                changes.mkdirs(ref.parent)
+                changes.replace(ref, new.encode())
+            changes.mkdirs(store)
+            for name in INDEX_FILES:
+                if not os.path.lexists(store / name):
+                    changes.created(store / name)
             Index(store).record_import(plan.entries, bundle, datetime.now(UTC).isoformat(timespec="seconds"))
-        except CachekitError:
-            undo.rollback()
-            raise
-        except OSError as exc:
-            undo.rollback()
-            raise write_error(exc, hub) from exc
-        except BaseException:
-            undo.rollback()
+        except BaseException as exc:
+            changes.rollback()
+            if isinstance(exc, OSError) and not isinstance(exc, CachekitError):
+                # os.symlink/os.replace name the link or destination second: that is what failed
+                raise write_error(exc, getattr(exc, "filename2", None) or getattr(exc, "filename", None) or hub) from exc
             raise
 
 
@@ -318,10 +312,13 @@ def _installed(plan: Plan, step: FileStep) -> Path:
 
 
 def _link(blob: Path, link: Path) -> None:
-    """A relative link snapshots/<commit>/<path> -> ../../blobs/<etag>, or a copy where links fail."""
+    """A relative link snapshots/<commit>/<path> -> ../../blobs/<etag>; a copy only where the
+    filesystem has no links (a full disk is an error, never a reason to copy)."""
     try:
         os.symlink(os.path.relpath(blob, link.parent), link)
-    except OSError:
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
         shutil.copyfile(blob, link)
 
 

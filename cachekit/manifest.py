@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from posixpath import normpath
 
 from .errors import BundleError
@@ -16,6 +16,9 @@ REPO_TYPES = ("model", "dataset", "space")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+_ETAG = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")  # git blob sha1, or sha256 (LFS)
+# Characters git refuses in a ref name (git check-ref-format), plus every control character.
+_BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,55 @@ def check_relpath(path: str, what: str = "path") -> str:
     return path
 
 
+def revision_problem(revision: str, commit: str) -> str | None:
+    """Why `revision` is not a name the hub could have given (a git ref name, or the commit)."""
+    if not revision:
+        return "empty"
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        return None if revision == commit else "a commit id other than the entry's commit"
+    if len(revision) > 255 or _BAD_REF_CHARS.search(revision):
+        return "too long, or a space, control or one of ~^:?*[\\ characters"
+    parts = revision.split("/")
+    if revision == "@" or "@{" in revision or ".." in revision or revision.endswith(".") or \
+            any(not p or p.startswith(".") or p.endswith(".lock") for p in parts):
+        return "not a git ref name"
+    return None
+
+
+def path_collision(paths: set[str]) -> str | None:
+    """A path that is also a folder of another path (`a` and `a/b`): both cannot exist on disk."""
+    for p in sorted(paths):
+        parts = p.split("/")
+        for i in range(1, len(parts)):
+            folder = "/".join(parts[:i])
+            if folder in paths:
+                return f"{folder!r} is both a file and the folder of {p!r}"
+    return None
+
+
+def _check_repo_collisions(entries: tuple[Entry, ...]) -> None:
+    """Entries of one repo share its blobs/ and refs/ folders: an etag names one content, a
+    revision one commit, and no ref may be the folder of another."""
+    by_repo: dict[tuple[str, str], list[Entry]] = {}
+    for e in entries:
+        by_repo.setdefault((e.repo_type, e.repo_id), []).append(e)
+    for (repo_type, repo_id), group in by_repo.items():
+        content: dict[str, tuple[str, str]] = {}
+        for e in group:
+            for f in e.files:
+                other = content.setdefault(f.etag, (f.sha256, f.path))
+                if other[0] != f.sha256:
+                    raise BundleError(f"{repo_type} {repo_id}: files {other[1]!r} and {f.path!r} have the same "
+                                      f"etag {f.etag[:12]}… but different bytes")
+        revisions: dict[str, str] = {}
+        for e in group:
+            if revisions.setdefault(e.revision, e.commit) != e.commit:
+                raise BundleError(f"{repo_type} {repo_id}: revision {e.revision!r} names two commits")
+        clash = path_collision(set(revisions))
+        if clash:
+            raise BundleError(f"{repo_type} {repo_id}: revision {clash}")
+
+
 def object_path(sha256: str) -> str:
     """Where the object with this sha256 lives inside a bundle."""
     return f"objects/{sha256[:2]}/{sha256}"
@@ -132,6 +184,7 @@ def parse(text: str | bytes) -> Manifest:
         for f in e.files:
             if sizes.setdefault(f.sha256, f.size) != f.size:
                 raise BundleError(f"object {f.sha256} is listed with two different sizes")
+    _check_repo_collisions(parsed)
     tool = doc.get("tool") or {}
     return Manifest(
         entries=parsed,
@@ -165,8 +218,9 @@ def _parse_entry(i: int, d: object) -> Entry:
     if not _HEX40.match(commit):
         raise BundleError(f"{name}: commit is not 40 hex digits: {commit!r}")
     revision = need("revision", str)
-    if "\x00" in revision or revision.startswith("/") or ".." in revision.split("/"):
-        raise BundleError(f"{name}: invalid revision {revision!r}")
+    why = revision_problem(revision, commit)
+    if why:
+        raise BundleError(f"{name}: invalid revision {revision!r} ({why})")
     files, paths = [], set()
     for j, f in enumerate(need("files", list)):
         if not isinstance(f, dict):
@@ -180,10 +234,16 @@ def _parse_entry(i: int, d: object) -> Entry:
             raise BundleError(f"{name}: file {path!r} has an invalid size {size!r}")
         if not isinstance(sha, str) or not _HEX64.match(sha):
             raise BundleError(f"{name}: file {path!r} has an invalid sha256 {sha!r}")
-        etag = f.get("etag") or sha
-        if not isinstance(etag, str) or not re.match(r"^[0-9a-f]{40}([0-9a-f]{24})?$", etag):
-            raise BundleError(f"{name}: file {path!r} has an invalid etag {etag!r}")
+        etag = f.get("etag")
+        if not isinstance(etag, str) or not _ETAG.match(etag):
+            raise BundleError(f"{name}: file {path!r} has an invalid etag {etag!r} "
+                              "(expected the hub's blob id: 40 or 64 hex digits)")
+        if len(etag) == 64 and etag != sha:
+            raise BundleError(f"{name}: file {path!r} has a sha256 etag {etag[:12]}… that is not its sha256 {sha[:12]}…")
         files.append(FileRecord(path, size, sha, etag))
+    clash = path_collision(paths)
+    if clash:
+        raise BundleError(f"{name}: {clash}")
     splits = d.get("splits") or {}
     if not isinstance(splits, dict):
         raise BundleError(f"{name}: 'splits' is not an object")
@@ -202,7 +262,12 @@ def _parse_entry(i: int, d: object) -> Entry:
 
 
 def merge(old: Manifest | None, new_entries: list[Entry]) -> list[Entry]:
-    """Entries of `old` not replaced by one of `new_entries` (same repo and commit), then the new."""
+    """Entries of `old` not replaced by one of `new_entries` (same repo and commit), then the new.
+
+    A kept entry whose revision now names another commit (`main` moved between two prefetches)
+    is kept pinned by its commit id: a revision names one commit in a bundle, the newest."""
     replaced = {e.key for e in new_entries}
-    kept = [e for e in (old.entries if old else ()) if e.key not in replaced]
+    moved = {(e.repo_type, e.repo_id, e.revision) for e in new_entries}
+    kept = [replace(e, revision=e.commit) if (e.repo_type, e.repo_id, e.revision) in moved else e
+            for e in (old.entries if old else ()) if e.key not in replaced]
     return kept + list(new_entries)
