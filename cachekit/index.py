@@ -99,7 +99,7 @@ class Index:
                     "INSERT OR IGNORE INTO items VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (e.repo_type, e.repo_id, e.commit, e.kind, e.size, len(e.files), int(e.trust_remote_code),
                      e.license, e.source, when, bundle, json.dumps(mf._entry_to_dict(e))))
-                for rev in {e.revision, e.commit}:
+                for rev in {e.commit, *e.ref_names}:
                     conn.execute("INSERT OR REPLACE INTO refs VALUES (?,?,?,?)", (e.repo_type, e.repo_id, rev, e.commit))
                 sha_of = {f.path: f.sha256 for f in e.files}
                 for config, by_split in e.splits.items():

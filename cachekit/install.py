@@ -134,11 +134,11 @@ def make_plan(m: mf.Manifest, hub: Path, store: Path) -> Plan:
             elif same is False:
                 step.status, step.detail = CONFLICTING, "different bytes already in the cache"
             steps.append(step)
-        if e.kind != "dataset" and e.revision != e.commit:
-            ref = paths.ref_path(hub, e.repo_type, e.repo_id, e.revision)
+        for name in e.ref_names if e.kind != "dataset" else ():
+            ref = paths.ref_path(hub, e.repo_type, e.repo_id, name)
             blocked = _obstacle(hub, ref)
             if blocked:
-                steps.append(FileStep(e, mf.FileRecord(f"refs/{e.revision}", 0, "", ""), ref, None,
+                steps.append(FileStep(e, mf.FileRecord(f"refs/{name}", 0, "", ""), ref, None,
                                       CONFLICTING, blocked))
                 continue
             old = ref.read_text().strip() if ref.is_file() else None

@@ -50,6 +50,14 @@ class Entry:
     dependencies: tuple[str, ...] = ()
     # datasets only: {config: {split: {"path": "<config>/<split>.parquet", "rows": n}}}
     splits: dict = field(default_factory=dict)
+    # every branch and tag that pointed at `commit` at prefetch time (`revision` aside)
+    refs: tuple[str, ...] = ()
+
+    @property
+    def ref_names(self) -> tuple[str, ...]:
+        """The refs an import writes: the revision asked for (unless a commit id) and `refs`."""
+        names = [] if self.revision == self.commit else [self.revision]
+        return tuple(dict.fromkeys(names + [r for r in self.refs if r != self.commit]))
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -86,7 +94,7 @@ class Manifest:
 def _entry_to_dict(e: Entry) -> dict:
     d = asdict(e)
     d["files"] = [asdict(f) for f in e.files]
-    for k in ("include", "exclude", "dependencies"):
+    for k in ("include", "exclude", "dependencies", "refs"):
         d[k] = list(d[k])
     return d
 
@@ -144,8 +152,9 @@ def _check_repo_collisions(entries: tuple[Entry, ...]) -> None:
                                       f"etag {f.etag[:12]}… but different bytes")
         revisions: dict[str, str] = {}
         for e in group:
-            if revisions.setdefault(e.revision, e.commit) != e.commit:
-                raise BundleError(f"{repo_type} {repo_id}: revision {e.revision!r} names two commits")
+            for rev in e.ref_names:
+                if revisions.setdefault(rev, e.commit) != e.commit:
+                    raise BundleError(f"{repo_type} {repo_id}: revision {rev!r} names two commits")
         clash = path_collision(set(revisions))
         if clash:
             raise BundleError(f"{repo_type} {repo_id}: revision {clash}")
@@ -244,6 +253,13 @@ def _parse_entry(i: int, d: object) -> Entry:
     clash = path_collision(paths)
     if clash:
         raise BundleError(f"{name}: {clash}")
+    refs = d.get("refs") or []
+    if not isinstance(refs, list):
+        raise BundleError(f"{name}: 'refs' is not a list")
+    for ref in refs:
+        why = revision_problem(ref, commit) if isinstance(ref, str) else "not a string"
+        if why:
+            raise BundleError(f"{name}: invalid ref {ref!r} ({why})")
     splits = d.get("splits") or {}
     if not isinstance(splits, dict):
         raise BundleError(f"{name}: 'splits' is not an object")
@@ -257,17 +273,22 @@ def _parse_entry(i: int, d: object) -> Entry:
         include=tuple(d.get("include") or ()), exclude=tuple(d.get("exclude") or ()),
         license=d.get("license"), gated=bool(d.get("gated", False)),
         trust_remote_code=bool(d.get("trust_remote_code", False)),
-        dependencies=tuple(d.get("dependencies") or ()), splits=splits,
+        dependencies=tuple(d.get("dependencies") or ()), splits=splits, refs=tuple(refs),
     )
 
 
 def merge(old: Manifest | None, new_entries: list[Entry]) -> list[Entry]:
     """Entries of `old` not replaced by one of `new_entries` (same repo and commit), then the new.
 
-    A kept entry whose revision now names another commit (`main` moved between two prefetches)
-    is kept pinned by its commit id: a revision names one commit in a bundle, the newest."""
+    A kept entry whose revision (or one of its refs) now names another commit (`main` moved
+    between two prefetches) keeps only what is still its own, pinned by its commit id if need be:
+    a revision names one commit in a bundle, the newest."""
     replaced = {e.key for e in new_entries}
-    moved = {(e.repo_type, e.repo_id, e.revision) for e in new_entries}
-    kept = [replace(e, revision=e.commit) if (e.repo_type, e.repo_id, e.revision) in moved else e
-            for e in (old.entries if old else ()) if e.key not in replaced]
+    moved = {(e.repo_type, e.repo_id, r) for e in new_entries for r in e.ref_names}
+
+    def pinned(e: Entry) -> Entry:
+        rev = e.commit if (e.repo_type, e.repo_id, e.revision) in moved else e.revision
+        return replace(e, revision=rev, refs=tuple(r for r in e.refs if (e.repo_type, e.repo_id, r) not in moved))
+
+    kept = [pinned(e) for e in (old.entries if old else ()) if e.key not in replaced]
     return kept + list(new_entries)

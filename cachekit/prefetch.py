@@ -148,6 +148,7 @@ def _fetch_one(src: Source, writer: BundleWriter, log: Log, bars: bool) -> mf.En
         include=src.include, exclude=src.exclude, license=resolved.license, gated=resolved.gated,
         trust_remote_code=src.trust_remote_code,
         dependencies=tuple(d for d in deps if d) if src.trust_remote_code else (),
+        refs=tuple(r for r in resolved.refs if r != src.revision),
     )
 
 

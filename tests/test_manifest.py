@@ -128,3 +128,17 @@ def test_merge_replaces_same_commit_only():
     same = mf.Entry("model", "org/name", "model", "main", COMMIT, ())
     assert mf.merge(old, [other]) == [old.entries[0], other]
     assert mf.merge(old, [same]) == [same]
+
+
+def test_refs_are_checked_and_a_moved_ref_leaves_the_older_entry():
+    with pytest.raises(BundleError, match="invalid ref 'a..b'"):
+        mf.parse(json.dumps(doc(refs=["a..b"])))
+    old = mf.parse(json.dumps(doc(revision="v1", refs=["main", "stable"])))
+    assert old.entries[0].ref_names == ("v1", "main", "stable")
+    newer = mf.Entry("model", "org/name", "model", "main", "d" * 40, ())
+    kept, _ = mf.merge(old, [newer])
+    assert kept.revision == "v1" and kept.refs == ("stable",)
+    d = doc(refs=["main"])
+    d["entries"].append({**d["entries"][0], "commit": "d" * 40, "revision": "dev", "refs": ["main"]})
+    with pytest.raises(BundleError, match="revision 'main' names two commits"):
+        mf.parse(json.dumps(d))

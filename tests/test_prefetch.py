@@ -245,3 +245,47 @@ def test_custom_code_models_and_their_dependencies(hub_server, homes, tmp_path):
     assert entries["testorg/custom"].trust_remote_code is True
     assert entries["testorg/custom"].dependencies == ("codeorg/modeling",)
     assert "codeorg/modeling" in entries
+
+
+LOAD_OFFLINE = r"""
+import json, sys
+from huggingface_hub import hf_hub_download
+out = {}
+for rev in sys.argv[1:]:
+    kw = {"revision": rev} if rev != "-" else {}
+    try:
+        out[rev] = open(hf_hub_download("testorg/small", "config.json", **kw)).read()
+    except Exception as exc:
+        out[rev] = type(exc).__name__
+print(json.dumps(out))
+"""
+
+
+def test_every_ref_at_the_pinned_commit_is_recorded_and_written(hub_server, homes, tmp_path):
+    """`org/name@v1` prefetched while main was the same commit also loads as `org/name`; a
+    branch elsewhere is not written, and neither is what moved after the prefetch."""
+    v1 = small_model(hub_server, tag="v1")
+    hub_server.create_branch("testorg/small", "stable", "v1")
+    hub_server.commit("testorg/small", {"config.json": b'{"model_type": "llama", "v": 2}'}, branch="dev",
+                      message="dev only")
+    out = tmp_path / "b"
+    r = run_cli("cachekit", "prefetch", "--model", "testorg/small@v1", "--out", out, env=homes)
+    assert r.returncode == 0, r.stderr
+    e = manifest_of(out).entries[0]
+    assert e.commit == v1 and e.revision == "v1" and e.refs == ("main", "stable")
+    small_model(hub_server)  # main moves on after the prefetch: the bundle still says what was true
+
+    offline = dict(homes, HF_HOME=str(tmp_path / "offline"), HF_HUB_OFFLINE="1")
+    r = run_cli("cachekit", "import", out, env=offline)
+    assert r.returncode == 0, r.stderr
+    refs = Path(offline["HF_HOME"]) / "hub" / "models--testorg--small" / "refs"
+    assert sorted(p.name for p in refs.iterdir()) == ["main", "stable", "v1"]
+    assert all((refs / n).read_text() == v1 for n in ("main", "stable", "v1"))
+    r = subprocess.run([sys.executable, "-c", LOAD_OFFLINE, "-", "v1", "stable", "dev"], env=offline,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert got["-"] == got["v1"] == got["stable"] == json.dumps({"model_type": "llama"})
+    assert got["dev"] != got["-"] and "Error" in got["dev"]  # never a ref that was not true
+    rows = json.loads(run_cli("cachekit", "ls", "--json", env=offline).stdout)
+    assert rows[0]["revisions"] == ["main", "stable", "v1"]
