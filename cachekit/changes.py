@@ -40,8 +40,12 @@ class Changes:
         self._log.append(("file", Path(path), None))
 
     def created_tree(self, path: Path) -> None:
-        """A scratch folder (staging) this import made; removed with its content."""
+        """A folder this import put in place with its content (removed on rollback)."""
         self._log.append(("tree", Path(path), None))
+
+    def scratch(self, path: Path) -> None:
+        """A staging folder this import made: removed with its content when the import ends."""
+        self._log.append(("scratch", Path(path), None))
 
     def replace(self, path: Path, new_content: bytes) -> None:
         """Atomically replace `path` with `new_content`; the original (if any) is kept as a hard
@@ -65,10 +69,12 @@ class Changes:
             raise write_error(exc, path) from exc
 
     def commit(self) -> None:
-        """The import succeeded: drop the kept originals, forget the journal."""
-        for kind, _path, keep in self._log:
+        """The import succeeded: drop the staging folders and kept originals, forget the journal."""
+        for kind, path, keep in self._log:
             if kind == "restore" and keep is not None:
                 keep.unlink(missing_ok=True)
+            elif kind == "scratch":
+                shutil.rmtree(path, ignore_errors=True)
         self._log.clear()
 
     def rollback(self) -> None:
@@ -77,7 +83,7 @@ class Changes:
             try:
                 if kind == "file":
                     path.unlink(missing_ok=True)
-                elif kind == "tree":
+                elif kind in ("tree", "scratch"):
                     shutil.rmtree(path, ignore_errors=True)
                 elif kind == "restore" and keep is not None:
                     os.replace(keep, path)

@@ -47,6 +47,10 @@ def git_blob_sha1(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def git_blob_sha1_bytes(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
 def copy_and_hash(src: BinaryIO, dst: str | os.PathLike, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
     """Copy a stream into a new file while hashing it, in one pass; fsync before returning."""
     h = hashlib.sha256()

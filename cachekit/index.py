@@ -144,6 +144,14 @@ class Index:
                for r in self._rows("SELECT * FROM items ORDER BY kind, repo_id, imported_at")]
         return out
 
+    def entry(self, repo_type: str, repo_id: str, commit: str) -> mf.Entry:
+        """The manifest entry an installed item was imported from (what `cachekit export` re-bundles)."""
+        rows = self._rows('SELECT manifest_entry FROM items WHERE repo_type=? AND repo_id=? AND "commit"=?',
+                          (repo_type, repo_id, commit))
+        if not rows:
+            raise NotFoundError(f"{repo_type} {repo_id}@{commit[:12]} is not installed in {self.store}")
+        return mf.parse_entry(json.loads(rows[0]["manifest_entry"]), f"{repo_type} {repo_id} in {self.path}")
+
     def resolve_commit(self, repo_type: str, repo_id: str, revision: str | None = None) -> str:
         """The installed commit for a repo at a revision (default: main, else the only one)."""
         if self.path.exists():

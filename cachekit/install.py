@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import check, paths
+from . import check, dataset_cache, paths
 from . import manifest as mf
 from ._fs import prune_empty_dirs, remove_quietly, write_error
 from .bundle import BundleReader, DirBundle, Problem, open_bundle
 from .changes import Changes
-from .checksum import copy_range_and_hash, sha256_file
-from .errors import CachekitError, ConflictError, UsageError, WriteError
+from .checksum import copy_range_and_hash, git_blob_sha1_bytes, sha256_file
+from .errors import BundleError, CachekitError, ConflictError, UsageError, WriteError
 from .index import INDEX_FILES, Index
 from .lock import exclusive
 
@@ -45,6 +45,7 @@ class FileStep:
     status: str = NEW
     detail: str = ""
     staged: Path | None = None
+    root: Path | None = None  # the hub cache or the store: where its staging folder goes
 
     @property
     def name(self) -> str:
@@ -52,21 +53,47 @@ class FileStep:
 
 
 @dataclass
+class CardStep:
+    """A dataset's README.md in the hub layout: its `configs:` header, made from the manifest."""
+
+    entry: mf.Entry
+    blob: Path
+    link: Path
+    data: bytes
+    status: str = NEW
+
+
+@dataclass
+class ArrowStep:
+    """One config of a dataset in the `datasets` Arrow cache (what load_dataset reads offline)."""
+
+    entry: mf.Entry
+    config: str
+    target: Path
+    status: str = NEW
+    built: Path | None = None
+
+
+@dataclass
 class Plan:
     steps: list[FileStep]
     refs: list[tuple[Path, str | None, str]] = field(default_factory=list)  # (ref file, old, new)
     entries: tuple[mf.Entry, ...] = ()
+    cards: list[CardStep] = field(default_factory=list)
+    arrow: list[ArrowStep] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.steps if s.status == status)
 
     @property
     def nothing_to_do(self) -> bool:
-        return all(s.status == PRESENT for s in self.steps) and not self.refs
+        return all(s.status == PRESENT for s in [*self.steps, *self.cards, *self.arrow]) and not self.refs
 
     def problems(self) -> list[str]:
         return [f"{s.status}: {s.name}" + (f" ({s.detail})" if s.detail else "")
-                for s in self.steps if s.status in (CONFLICTING, CORRUPT)]
+                for s in self.steps if s.status in (CONFLICTING, CORRUPT)] + \
+               [f"{CONFLICTING}: {c.link} (a different README.md is already in the cache)"
+                for c in self.cards if c.status == CONFLICTING]
 
     def conflicts(self) -> list[str]:
         return [p for p in self.problems() if p.startswith(CONFLICTING)]
@@ -105,36 +132,62 @@ def _obstacle(root: Path, target: Path, folder: bool = False) -> str | None:
     return None
 
 
-def make_plan(m: mf.Manifest, hub: Path, store: Path) -> Plan:
+def _hub_step(e: mf.Entry, f: mf.FileRecord, hub: Path) -> FileStep:
+    """A file in the hub layout: blobs/<etag> and a snapshots/<commit>/<path> link to it."""
+    link = paths.snapshot_path(hub, e.repo_type, e.repo_id, e.commit, f.path)
+    step = FileStep(e, f, paths.blob_path(hub, e.repo_type, e.repo_id, f.etag), link, root=hub)
+    blocked = _obstacle(hub, link.parent, folder=True) or _obstacle(hub, step.blob)
+    same = None if blocked else _same_content(link, f.sha256, f.size)
+    if same is None and not blocked and not link.is_symlink() and os.path.lexists(link):
+        same = False
+    if same is None and not blocked:
+        same = _same_content(step.blob, f.sha256, f.size)
+        if same:  # bytes there, link missing: only the link is new
+            step.detail = "link only"
+            return step
+    return _verdict(step, blocked, same)
+
+
+def _verdict(step: FileStep, blocked: str | None, same: bool | None) -> FileStep:
+    if blocked:
+        step.status, step.detail = CONFLICTING, blocked
+    elif same is True:
+        step.status = PRESENT
+    elif same is False:
+        step.status, step.detail = CONFLICTING, "different bytes already in the cache"
+    return step
+
+
+def _card_step(e: mf.Entry, hub: Path) -> CardStep:
+    data = dataset_cache.readme(e)
+    link = paths.snapshot_path(hub, "dataset", e.repo_id, e.commit, "README.md")
+    card = CardStep(e, paths.blob_path(hub, "dataset", e.repo_id, git_blob_sha1_bytes(data)), link, data)
+    if os.path.lexists(link) or _obstacle(hub, link.parent, folder=True):
+        same = link.is_file() and link.read_bytes() == data
+        card.status = PRESENT if same else CONFLICTING
+    return card
+
+
+def make_plan(m: mf.Manifest, hub: Path, store: Path, arrow_root: Path | None = None) -> Plan:
+    """What an import would do. Datasets go to the store (evalcore's index), to the hub layout
+    (with a README `configs:` header) and, when `arrow_root` is given, to the datasets cache."""
     steps: list[FileStep] = []
     refs: list[tuple[Path, str | None, str]] = []
+    cards: list[CardStep] = []
+    arrow: list[ArrowStep] = []
     for e in m.entries:
         for f in e.files:
             if e.kind == "dataset":
-                step = FileStep(e, f, paths.dataset_file(store, e.repo_id, e.commit, f.path), None)
+                step = FileStep(e, f, paths.dataset_file(store, e.repo_id, e.commit, f.path), None, root=store)
                 blocked = _obstacle(store, step.blob)
-                same = None if blocked else _same_content(step.blob, f.sha256, f.size)
-            else:
-                link = paths.snapshot_path(hub, e.repo_type, e.repo_id, e.commit, f.path)
-                step = FileStep(e, f, paths.blob_path(hub, e.repo_type, e.repo_id, f.etag), link)
-                blocked = _obstacle(hub, link.parent, folder=True) or _obstacle(hub, step.blob)
-                same = None if blocked else _same_content(link, f.sha256, f.size)
-                if same is None and not blocked and not link.is_symlink() and os.path.lexists(link):
-                    same = False
-                if same is None and not blocked:
-                    same = _same_content(step.blob, f.sha256, f.size)
-                    if same:  # bytes there, link missing: only the link is new
-                        step.status, step.detail = NEW, "link only"
-                        steps.append(step)
-                        continue
-            if blocked:
-                step.status, step.detail = CONFLICTING, blocked
-            elif same is True:
-                step.status = PRESENT
-            elif same is False:
-                step.status, step.detail = CONFLICTING, "different bytes already in the cache"
-            steps.append(step)
-        for name in e.ref_names if e.kind != "dataset" else ():
+                steps.append(_verdict(step, blocked, None if blocked else _same_content(step.blob, f.sha256, f.size)))
+            steps.append(_hub_step(e, f, hub))
+        if e.kind == "dataset" and e.splits:
+            cards.append(_card_step(e, hub))
+            for config in sorted(e.splits) if arrow_root is not None else ():
+                target = dataset_cache.arrow_dir(arrow_root, e.repo_id, config, e.commit)
+                arrow.append(ArrowStep(e, config, target, PRESENT if os.path.lexists(target) else NEW))
+        for name in e.ref_names:
             ref = paths.ref_path(hub, e.repo_type, e.repo_id, name)
             blocked = _obstacle(hub, ref)
             if blocked:
@@ -144,7 +197,7 @@ def make_plan(m: mf.Manifest, hub: Path, store: Path) -> Plan:
             old = ref.read_text().strip() if ref.is_file() else None
             if old != e.commit:
                 refs.append((ref, old, e.commit))
-    return Plan(steps, refs, m.entries)
+    return Plan(steps, refs, m.entries, cards, arrow)
 
 
 def _copied(plan: Plan) -> list[FileStep]:
@@ -163,13 +216,13 @@ def import_bundle(bundle: str | os.PathLike, *, dry_run: bool = False, link: boo
                   show: Callable[[Plan], None] = lambda p: None,
                   progress: Callable[[int], None] | None = None) -> Plan:
     """Install a bundle into the hub cache and the dataset store; return the executed plan."""
-    hub, store = paths.hub_cache(), paths.store_root()
+    hub, store, arrow_root = paths.hub_cache(), paths.store_root(), paths.datasets_cache()
     with open_bundle(bundle) as reader:
         m, problems, hashable = check.structure(reader)
         check.refuse(problems)  # what verify refuses, before anything is created
         if link:
             _check_link(reader, hub, store)
-        plan = make_plan(m, hub, store)
+        plan = make_plan(m, hub, store, arrow_root)
         if dry_run:
             _mark_corrupt(plan, check.hash_objects(reader, m, hashable, progress))
             show(plan)
@@ -189,6 +242,7 @@ def import_bundle(bundle: str | os.PathLike, *, dry_run: bool = False, link: boo
                 show(plan)
                 check.refuse(problems)
             show(plan)
+            _build_arrow(plan, arrow_root, changes)
             if not plan.nothing_to_do:
                 _commit(plan, hub, store, str(Path(bundle)), changes)
             changes.commit()
@@ -207,7 +261,7 @@ def _stage(reader: BundleReader, m: mf.Manifest, plan: Plan, hub: Path, store: P
     the GIL. Returns the objects whose bytes are not what the manifest says."""
     jobs: dict[tuple[Path, str], FileStep] = {}
     for s in _copied(plan):
-        jobs.setdefault((store if s.entry.kind == "dataset" else hub, s.file.sha256), s)
+        jobs.setdefault((s.root, s.file.sha256), s)
     dirs: dict[Path, Path] = {}
     for root, _sha in jobs:  # staging folders up front, on the main thread, journalled
         if root not in dirs:
@@ -217,7 +271,7 @@ def _stage(reader: BundleReader, m: mf.Manifest, plan: Plan, hub: Path, store: P
                 d.mkdir()
             except OSError as exc:
                 raise write_error(exc, root) from exc
-            changes.created_tree(d)
+            changes.scratch(d)
             dirs[root] = d
 
     def run(key: tuple[Path, str]) -> Path | str | BaseException:
@@ -247,10 +301,48 @@ def _stage(reader: BundleReader, m: mf.Manifest, plan: Plan, hub: Path, store: P
     problems = [p for (_root, sha), r in done.items() if not isinstance(r, Path)
                 if (p := check.content_problem(names, sha, r))]
     for s in _copied(plan):
-        result = done[(store if s.entry.kind == "dataset" else hub, s.file.sha256)]
+        result = done[(s.root, s.file.sha256)]
         if isinstance(result, Path):
             s.staged = result
     return problems
+
+
+def _build_arrow(plan: Plan, root: Path, changes: Changes) -> None:
+    """Prepare each new config's Arrow cache in a scratch folder beside its target, from the
+    staged (or already installed) Parquet files of the store; `_commit` moves it into place."""
+    todo = [a for a in plan.arrow if a.status == NEW]
+    if not todo:
+        return
+    changes.mkdirs(root)
+    for a in todo:
+        scratch = root / f".cachekit-staging-{uuid.uuid4().hex[:12]}"
+        try:
+            scratch.mkdir()
+        except OSError as exc:
+            raise write_error(exc, root) from exc
+        changes.scratch(scratch)
+        files = {s.file.path: (s.staged or s.blob) for s in plan.steps
+                 if s.entry is a.entry and s.root is not None and s.link is None}
+        wanted = {info["path"] for info in a.entry.splits[a.config].values()}
+        try:
+            a.built = dataset_cache.prepare_arrow(a.entry, {k: v for k, v in files.items() if k in wanted},
+                                                  a.config, scratch)
+        except Exception as exc:  # the datasets library wraps a full disk in its own errors
+            cause = _os_error(exc)
+            if cause is not None:
+                raise write_error(cause, a.target) from exc
+            raise BundleError(f"dataset {a.entry.repo_id} config {a.config}: the datasets library could not "
+                              f"prepare its cache: {type(exc).__name__}: {exc}") from exc
+
+
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError at the root of an exception chain, if any."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, OSError) and exc.errno:
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 def _check_link(reader: BundleReader, hub: Path, store: Path) -> None:
@@ -288,6 +380,23 @@ def _commit(plan: Plan, hub: Path, store: Path, bundle: str, changes: Changes) -
                     changes.mkdirs(s.link.parent)
                     changes.created(s.link)
                     _link(s.blob, s.link)
+            for c in plan.cards:
+                if c.status != NEW:
+                    continue
+                if not os.path.lexists(c.blob):
+                    changes.mkdirs(c.blob.parent)
+                    changes.created(c.blob)
+                    with open(c.blob, "xb") as f:
+                        f.write(c.data)
+                        os.fsync(f.fileno())
+                changes.mkdirs(c.link.parent)
+                changes.created(c.link)
+                _link(c.blob, c.link)
+            for a in plan.arrow:
+                if a.built is not None and not os.path.lexists(a.target):
+                    changes.mkdirs(a.target.parent)
+                    changes.created_tree(a.target)
+                    os.rename(a.built, a.target)
             for ref, _old, new in plan.refs:
                 changes.mkdirs(ref.parent)
                 changes.replace(ref, new.encode())

@@ -277,6 +277,14 @@ def _parse_entry(i: int, d: object) -> Entry:
     )
 
 
+def parse_entry(d: object, where: str) -> Entry:
+    """One entry on its own (as the store index keeps it), validated as in a manifest."""
+    try:
+        return _parse_entry(0, d)
+    except BundleError as exc:
+        raise BundleError(f"{where}: {exc}") from None
+
+
 def merge(old: Manifest | None, new_entries: list[Entry]) -> list[Entry]:
     """Entries of `old` not replaced by one of `new_entries` (same repo and commit), then the new.
 

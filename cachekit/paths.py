@@ -51,3 +51,10 @@ def ref_path(cache: Path, repo_type: str, repo_id: str, revision: str) -> Path:
 
 def dataset_file(store: Path, repo_id: str, commit: str, path: str) -> Path:
     return store / "datasets" / repo_id.replace("/", "--") / commit / path
+
+
+def datasets_cache() -> Path:
+    """The `datasets` library's cache (HF_DATASETS_CACHE > HF_HOME/datasets)."""
+    if os.environ.get("HF_DATASETS_CACHE"):
+        return Path(os.environ["HF_DATASETS_CACHE"]).expanduser()
+    return hf_home() / "datasets"

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from . import fetch
@@ -180,7 +181,8 @@ def _hub_dataset(src: Source, resolved: fetch.Resolved, writer: BundleWriter, lo
     for rf in resolved.files:
         fetch.download(src, resolved.commit, rf.path, writer.hub_cache)
     snapshot = writer.hub_cache / f"datasets--{src.repo_id.replace('/', '--')}" / "snapshots" / resolved.commit
-    return _dataset_entry(src, resolved.commit, snapshot, writer, "hub", resolved.license, resolved.gated)
+    entry = _dataset_entry(src, resolved.commit, snapshot, writer, "hub", resolved.license, resolved.gated)
+    return replace(entry, refs=tuple(r for r in resolved.refs if r != src.revision))
 
 
 def _reusable_entry(writer: BundleWriter, src: Source, commit: str) -> mf.Entry | None:

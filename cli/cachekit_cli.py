@@ -113,7 +113,9 @@ def import_(bundle: Path, dry_run: bool, link: bool) -> None:
     """Install a bundle into the Hugging Face cache (HF_HOME / HF_HUB_CACHE) and the dataset store.
 
     Models and spaces go to the standard hub cache layout, so transformers loads them by repo id
-    with HF_HUB_OFFLINE=1; datasets go to the store (CACHEKIT_HOME, default $HF_HOME/cachekit).
+    with HF_HUB_OFFLINE=1; datasets go to the store (CACHEKIT_HOME, default $HF_HOME/cachekit),
+    to the hub layout (Parquet and a README `configs:` header) and to the datasets cache
+    (HF_DATASETS_CACHE), so `datasets.load_dataset(repo_id, config)` works offline too.
     Nothing changes unless every file is good: a failed import leaves the cache as it was.
     A second import of the same bundle does nothing.
 
@@ -150,6 +152,11 @@ def _show_plan(plan) -> None:
         for s in steps:
             if s.status in (CONFLICTING, CORRUPT):
                 click.echo(f"  {s.status}: {s.file.path} ({s.detail})")
+    for a in plan.arrow:
+        click.echo(f"datasets cache {a.entry.repo_id} {a.config}: {a.status}")
+    for c in plan.cards:
+        if c.status == CONFLICTING:
+            click.echo(f"  conflicting: {c.link} (a different README.md is already in the cache)")
     for ref, old, new in plan.refs:
         click.echo(f"ref {ref.parent.parent.name}/refs/{ref.name}: {old[:12] if old else '(none)'} -> {new[:12]}")
 

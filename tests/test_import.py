@@ -50,6 +50,7 @@ def test_import_lays_out_the_hub_cache(tmp_path, env):
         assert p.is_symlink() and p.resolve().parent == (repo / "blobs").resolve()
         assert p.read_bytes() == (tmp_path / "src-small" / f.path).read_bytes()
     assert len(list((repo / "blobs").iterdir())) == 3  # two identical files share a blob
+    assert not list(Path(env["HF_HOME"]).rglob(".cachekit-staging-*")), "staging folders left behind"
     # A second import changes nothing.
     before = tree_state(Path(env["HF_HOME"]) / "hub")
     r = run_cli("cachekit", "import", bundle, env=env)

@@ -33,10 +33,17 @@ def small_model(root: Path) -> Path:
     return root
 
 
-def bundle_of(tmp_path: Path, env: dict, name: str) -> Path:
+def bundle_of(tmp_path: Path, env: dict, name: str, dataset: bool = False) -> Path:
     out = tmp_path / f"bundle-{name}"
     src = small_model(tmp_path / f"src-{name}")
-    r = run_cli("cachekit", "prefetch", "--local", f"testorg/{name}={src}", "--out", out, env=env)
+    extra = []
+    if dataset:  # a dataset too: the store, the hub layout and the datasets Arrow cache
+        data = tmp_path / f"data-{name}"
+        data.mkdir()
+        # repetitive rows: a small Parquet file, a large Arrow cache (the sweep reaches both)
+        (data / "train.jsonl").write_text("".join(json.dumps({"q": "x" * 60, "a": 1}) + "\n" for i in range(400)))
+        extra = ["--local", f"dataset:testorg/{name}-data={data}"]
+    r = run_cli("cachekit", "prefetch", "--local", f"testorg/{name}={src}", *extra, "--out", out, env=env)
     assert r.returncode == 0, r.stderr
     return out
 
@@ -76,6 +83,21 @@ def test_file_size_limit_at_every_step(tmp_path, home):
     assert seen[-1] == "done", seen
     assert any("/blobs/" in s and "file too large" in s for s in seen), seen
     assert any("index.db" in s for s in seen), seen  # the store index (its WAL or shared memory)
+
+
+def test_file_size_limit_with_a_dataset(tmp_path):
+    """The datasets Arrow cache is built before the commit and undone with the rest."""
+    env = clean_env(HF_HOME=str(tmp_path / "hf"))
+    hf = Path(env["HF_HOME"])
+    bundle = bundle_of(tmp_path, env, "small", dataset=True)
+    before = tree_state(hf)
+    seen = []
+    for limit in (100, 1000, PAGE, 2 * PAGE, 16 * PAGE, 64 * PAGE, 1 << 24):
+        seen.append(outcome(run_cli("cachekit", "import", bundle, env=env, preexec_fn=_fsize(limit)), hf, before))
+        if seen[-1] == "done":
+            break
+    assert seen[-1] == "done", seen
+    assert any(f"{hf}/datasets/" in s for s in seen), seen
 
 
 def _can_mount(where: Path) -> bool:
