@@ -52,6 +52,8 @@ class Entry:
     splits: dict = field(default_factory=dict)
     # every branch and tag that pointed at `commit` at prefetch time (`revision` aside)
     refs: tuple[str, ...] = ()
+    # a script dataset taken from the hub's Parquet export: {"revision": asked, "commit": its commit}
+    converted_from: dict = field(default_factory=dict)
 
     @property
     def ref_names(self) -> tuple[str, ...]:
@@ -260,6 +262,11 @@ def _parse_entry(i: int, d: object) -> Entry:
         why = revision_problem(ref, commit) if isinstance(ref, str) else "not a string"
         if why:
             raise BundleError(f"{name}: invalid ref {ref!r} ({why})")
+    converted_from = d.get("converted_from") or {}
+    if not isinstance(converted_from, dict) or (converted_from and (
+            not isinstance(converted_from.get("commit"), str) or not _HEX40.match(converted_from["commit"])
+            or not isinstance(converted_from.get("revision"), str) or not converted_from["revision"])):
+        raise BundleError(f"{name}: 'converted_from' is not {{revision, commit}}: {converted_from!r}")
     splits = d.get("splits") or {}
     if not isinstance(splits, dict):
         raise BundleError(f"{name}: 'splits' is not an object")
@@ -274,6 +281,7 @@ def _parse_entry(i: int, d: object) -> Entry:
         license=d.get("license"), gated=bool(d.get("gated", False)),
         trust_remote_code=bool(d.get("trust_remote_code", False)),
         dependencies=tuple(d.get("dependencies") or ()), splits=splits, refs=tuple(refs),
+        converted_from=converted_from,
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import fetch
 from . import manifest as mf
 from .bundle import open_bundle, pack_tar
-from .convert import to_parquet
+from .convert import is_data_file, to_parquet
 from .errors import NotFoundError, UsageError, VerificationError
 from .sources import Source, matches
 from .writer import BundleWriter, staging_for
@@ -173,7 +173,30 @@ def _remote_code_deps(writer: BundleWriter, files: list[mf.FileRecord]) -> tuple
     return ()
 
 
+PARQUET_EXPORT = "refs/convert/parquet"
+
+
+def _is_script_only(resolved: fetch.Resolved) -> bool:
+    """A repo with a loading script (`*.py` at the top) and no data file: datasets 4+ cannot load it."""
+    top = [f.path for f in resolved.files if "/" not in f.path]
+    return any(p.endswith(".py") for p in top) and not any(is_data_file(Path(f.path)) for f in resolved.files)
+
+
 def _hub_dataset(src: Source, resolved: fetch.Resolved, writer: BundleWriter, log: Log) -> mf.Entry:
+    if _is_script_only(resolved) and src.revision != PARQUET_EXPORT:
+        script = next(f.path for f in resolved.files if "/" not in f.path and f.path.endswith(".py"))
+        export = Source("dataset", src.repo_id, PARQUET_EXPORT, None, src.include, src.exclude)
+        try:
+            converted = fetch.resolve(export)
+        except NotFoundError:
+            raise NotFoundError(f"dataset {src.repo_id}@{src.revision} has only a loading script ({script}) and no data "
+                                f"files, and the hub has no {PARQUET_EXPORT} revision for it",
+                                hint="datasets 4+ cannot run loading scripts; ask the owner for Parquet data files, "
+                                     "or prefetch a local copy with --local dataset:ORG/NAME=PATH") from None
+        log(f"  {src.repo_id} has a loading script ({script}): taking the hub's Parquet export "
+            f"{PARQUET_EXPORT} -> {converted.commit}")
+        entry = _hub_dataset(export, converted, writer, log)
+        return replace(entry, converted_from={"revision": src.revision, "commit": resolved.commit})
     old = _reusable_entry(writer, src, resolved.commit)
     if old is not None:
         log("  already in the bundle")

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cachekit import manifest as mf
-from tests.conftest import ROOT, arc_rows, run_cli, tree_state
+from tests.conftest import ROOT, arc_rows, clean_env, run_cli, tree_state
 
 
 def small_model(hub, repo_id="testorg/small", **kw) -> str:
@@ -289,3 +289,58 @@ def test_every_ref_at_the_pinned_commit_is_recorded_and_written(hub_server, home
     assert got["dev"] != got["-"] and "Error" in got["dev"]  # never a ref that was not true
     rows = json.loads(run_cli("cachekit", "ls", "--json", env=offline).stdout)
     assert rows[0]["revisions"] == ["main", "stable", "v1"]
+
+
+SCRIPT_ROWS = [{"text": "a", "label": 0}, {"text": "b", "label": 1}, {"text": "c", "label": 0}]
+LOAD_SCRIPTED = r"""
+import json
+import datasets
+from cachekit.index import Index
+rows = datasets.load_dataset("testorg/scripted", split="train").to_list()
+import pyarrow.parquet as pq
+store = pq.read_table(Index().resolve_split("testorg/scripted", None, "train")).to_pylist()
+print(json.dumps({"rows": rows, "store": store}))
+"""
+
+
+def _parquet_bytes(rows) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    return buf.getvalue()
+
+
+def test_script_dataset_taken_from_the_parquet_export(hub_server, homes, tmp_path):
+    """A repo with only a loading script is bundled from the hub's refs/convert/parquet, both
+    commits recorded, and loads offline under its own repo id (load_dataset and evalcore)."""
+    main = hub_server.commit("testorg/scripted", {"scripted.py": b"import datasets\n# a loading script\n",
+                                                  "dataset_infos.json": b"{}", "README.md": b"# scripted\n"},
+                             repo_type="dataset")
+    export = hub_server.commit("testorg/scripted", {"default/train/0000.parquet": _parquet_bytes(SCRIPT_ROWS)},
+                               repo_type="dataset", branch="refs/convert/parquet")
+    out = tmp_path / "b"
+    r = run_cli("cachekit", "prefetch", "--dataset", "testorg/scripted", "--out", out, env=homes)
+    assert r.returncode == 0, r.stderr
+    assert "has a loading script (scripted.py): taking the hub's Parquet export" in r.stderr
+    e = manifest_of(out).entries[0]
+    assert (e.revision, e.commit) == ("refs/convert/parquet", export)
+    assert e.converted_from == {"revision": "main", "commit": main}
+    offline = clean_env(HF_HOME=str(tmp_path / "offline"), HF_HUB_OFFLINE="1")
+    r = run_cli("cachekit", "import", out, env=offline)
+    assert r.returncode == 0, r.stderr
+    refs = Path(offline["HF_HOME"]) / "hub" / "datasets--testorg--scripted" / "refs"
+    assert (refs / "refs" / "convert" / "parquet").read_text() == export
+    assert not (refs / "main").exists()  # main is the script commit: never claimed for the export
+    r = subprocess.run([sys.executable, "-c", LOAD_SCRIPTED], env=offline, cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert got["rows"] == got["store"] == SCRIPT_ROWS
+
+
+def test_script_dataset_without_an_export_fails_before_writing(hub_server, homes, tmp_path):
+    hub_server.commit("testorg/onlyscript", {"onlyscript.py": b"# a loading script\n"}, repo_type="dataset")
+    _fails_cleanly(homes, tmp_path, ["--dataset", "testorg/onlyscript"], 4,
+                   "dataset testorg/onlyscript@main has only a loading script (onlyscript.py) and no data files, "
+                   "and the hub has no refs/convert/parquet revision for it")
