@@ -13,6 +13,7 @@ after a refused or failed import the HF home is as it was, folders and lock file
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
 import shutil
 import stat
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import check, dataset_cache, paths
+from . import check, dataset_cache, evaluate_modules, paths
 from . import manifest as mf
 from ._fs import prune_empty_dirs, remove_quietly, write_error
 from .bundle import BundleReader, DirBundle, Problem, open_bundle
@@ -75,19 +76,34 @@ class ArrowStep:
 
 
 @dataclass
+class ModuleStep:
+    """An `evaluate` metric in evaluate's module cache (what evaluate.load reads offline)."""
+
+    entry: mf.Entry
+    target: Path  # .../evaluate_modules/metrics/<org--name>
+    status: str = NEW
+    built: Path | None = None
+
+
+SKIPPED = "skipped"  # evaluate is not installed here: the metric is in the hub layout only
+
+
+@dataclass
 class Plan:
     steps: list[FileStep]
     refs: list[tuple[Path, str | None, str]] = field(default_factory=list)  # (ref file, old, new)
     entries: tuple[mf.Entry, ...] = ()
     cards: list[CardStep] = field(default_factory=list)
     arrow: list[ArrowStep] = field(default_factory=list)
+    modules: list[ModuleStep] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         return sum(1 for s in self.steps if s.status == status)
 
     @property
     def nothing_to_do(self) -> bool:
-        return all(s.status == PRESENT for s in [*self.steps, *self.cards, *self.arrow]) and not self.refs
+        return all(s.status in (PRESENT, SKIPPED) for s in [*self.steps, *self.cards, *self.arrow, *self.modules]) \
+            and not self.refs
 
     def problems(self) -> list[str]:
         return [f"{s.status}: {s.name}" + (f" ({s.detail})" if s.detail else "")
@@ -168,13 +184,18 @@ def _card_step(e: mf.Entry, hub: Path) -> CardStep:
     return card
 
 
-def make_plan(m: mf.Manifest, hub: Path, store: Path, arrow_root: Path | None = None) -> Plan:
+def make_plan(m: mf.Manifest, hub: Path, store: Path, arrow_root: Path | None = None,
+              modules_root: Path | None = None) -> Plan:
     """What an import would do. Datasets go to the store (evalcore's index), to the hub layout
-    (with a README `configs:` header) and, when `arrow_root` is given, to the datasets cache."""
+    (with a README `configs:` header) and, when `arrow_root` is given, to the datasets cache;
+    evaluate metrics to the hub layout and, when `modules_root` is given, to evaluate's module
+    cache (if evaluate is installed)."""
     steps: list[FileStep] = []
     refs: list[tuple[Path, str | None, str]] = []
     cards: list[CardStep] = []
     arrow: list[ArrowStep] = []
+    modules: list[ModuleStep] = []
+    have_evaluate = importlib.util.find_spec("evaluate") is not None
     for e in m.entries:
         for f in e.files:
             if e.kind == "dataset":
@@ -187,6 +208,14 @@ def make_plan(m: mf.Manifest, hub: Path, store: Path, arrow_root: Path | None = 
             for config in sorted(e.splits) if arrow_root is not None else ():
                 target = dataset_cache.arrow_dir(arrow_root, e.repo_id, config, e.commit)
                 arrow.append(ArrowStep(e, config, target, PRESENT if os.path.lexists(target) else NEW))
+        script = evaluate_modules.script_of(e)
+        if script is not None and modules_root is not None:
+            step = ModuleStep(e, evaluate_modules.module_dir(modules_root, e.repo_id))
+            if not have_evaluate:
+                step.status = SKIPPED
+            elif evaluate_modules.installed(modules_root, e, script):
+                step.status = PRESENT
+            modules.append(step)
         for name in e.ref_names:
             ref = paths.ref_path(hub, e.repo_type, e.repo_id, name)
             blocked = _obstacle(hub, ref)
@@ -197,7 +226,7 @@ def make_plan(m: mf.Manifest, hub: Path, store: Path, arrow_root: Path | None = 
             old = ref.read_text().strip() if ref.is_file() else None
             if old != e.commit:
                 refs.append((ref, old, e.commit))
-    return Plan(steps, refs, m.entries, cards, arrow)
+    return Plan(steps, refs, m.entries, cards, arrow, modules)
 
 
 def _copied(plan: Plan) -> list[FileStep]:
@@ -217,12 +246,13 @@ def import_bundle(bundle: str | os.PathLike, *, dry_run: bool = False, link: boo
                   progress: Callable[[int], None] | None = None) -> Plan:
     """Install a bundle into the hub cache and the dataset store; return the executed plan."""
     hub, store, arrow_root = paths.hub_cache(), paths.store_root(), paths.datasets_cache()
+    modules_root = paths.modules_cache()
     with open_bundle(bundle) as reader:
         m, problems, hashable = check.structure(reader)
         check.refuse(problems)  # what verify refuses, before anything is created
         if link:
             _check_link(reader, hub, store)
-        plan = make_plan(m, hub, store, arrow_root)
+        plan = make_plan(m, hub, store, arrow_root, modules_root)
         if dry_run:
             _mark_corrupt(plan, check.hash_objects(reader, m, hashable, progress))
             show(plan)
@@ -243,6 +273,7 @@ def import_bundle(bundle: str | os.PathLike, *, dry_run: bool = False, link: boo
                 check.refuse(problems)
             show(plan)
             _build_arrow(plan, arrow_root, changes)
+            _build_modules(plan, modules_root, changes)
             if not plan.nothing_to_do:
                 _commit(plan, hub, store, str(Path(bundle)), changes)
             changes.commit()
@@ -321,7 +352,7 @@ def _build_arrow(plan: Plan, root: Path, changes: Changes) -> None:
         except OSError as exc:
             raise write_error(exc, root) from exc
         changes.scratch(scratch)
-        files = {s.file.path: (s.staged or s.blob) for s in plan.steps
+        files = {s.file.path: _bytes_of(plan, s) for s in plan.steps
                  if s.entry is a.entry and s.root is not None and s.link is None}
         wanted = {info["path"] for info in a.entry.splits[a.config].values()}
         try:
@@ -333,6 +364,40 @@ def _build_arrow(plan: Plan, root: Path, changes: Changes) -> None:
                 raise write_error(cause, a.target) from exc
             raise BundleError(f"dataset {a.entry.repo_id} config {a.config}: the datasets library could not "
                               f"prepare its cache: {type(exc).__name__}: {exc}") from exc
+
+
+def _bytes_of(plan: Plan, step: FileStep) -> Path:
+    """Where a step's verified bytes are now: its staged copy, another step's staged copy of the
+    same object on the same root, or the installed file."""
+    if step.staged is not None:
+        return step.staged
+    twin = next((s.staged for s in plan.steps if s.staged is not None and s.root == step.root
+                 and s.file.sha256 == step.file.sha256), None)
+    return twin or step.blob
+
+
+def _build_modules(plan: Plan, root: Path, changes: Changes) -> None:
+    """Build each new metric's evaluate module in a scratch folder; `_commit` moves it."""
+    todo = [s for s in plan.modules if s.status == NEW]
+    if not todo:
+        return
+    changes.mkdirs(root)
+    for step in todo:
+        scratch = root / f".cachekit-staging-{uuid.uuid4().hex[:12]}"
+        try:
+            scratch.mkdir()
+        except OSError as exc:
+            raise write_error(exc, root) from exc
+        changes.scratch(scratch)
+        files = {s.file.path: _bytes_of(plan, s) for s in plan.steps if s.entry is step.entry and s.link is not None}
+        try:
+            step.built = evaluate_modules.build(step.entry, files, scratch)
+        except Exception as exc:
+            cause = _os_error(exc)
+            if cause is not None and not isinstance(exc, FileNotFoundError):
+                raise write_error(cause, step.target) from exc
+            raise BundleError(f"metric {step.entry.repo_id}: evaluate could not prepare its module: "
+                              f"{type(exc).__name__}: {exc}") from exc
 
 
 def _os_error(exc: BaseException | None) -> OSError | None:
@@ -397,6 +462,18 @@ def _commit(plan: Plan, hub: Path, store: Path, bundle: str, changes: Changes) -
                     changes.mkdirs(a.target.parent)
                     changes.created_tree(a.target)
                     os.rename(a.built, a.target)
+            for step in plan.modules:
+                if step.built is None:
+                    continue
+                changes.mkdirs(step.target)
+                for d in (step.target.parent.parent, step.target.parent, step.target):  # packages for import
+                    if not os.path.lexists(d / "__init__.py"):
+                        changes.created(d / "__init__.py")
+                        (d / "__init__.py").touch()
+                dst = step.target / step.built.name
+                if not os.path.lexists(dst):
+                    changes.created_tree(dst)
+                    os.rename(step.built, dst)
             for ref, _old, new in plan.refs:
                 changes.mkdirs(ref.parent)
                 changes.replace(ref, new.encode())

@@ -54,6 +54,8 @@ class Entry:
     refs: tuple[str, ...] = ()
     # a script dataset taken from the hub's Parquet export: {"revision": asked, "commit": its commit}
     converted_from: dict = field(default_factory=dict)
+    # spaces (evaluate metrics): the pip requirements of the space's requirements.txt
+    requirements: tuple[str, ...] = ()
 
     @property
     def ref_names(self) -> tuple[str, ...]:
@@ -96,7 +98,7 @@ class Manifest:
 def _entry_to_dict(e: Entry) -> dict:
     d = asdict(e)
     d["files"] = [asdict(f) for f in e.files]
-    for k in ("include", "exclude", "dependencies", "refs"):
+    for k in ("include", "exclude", "dependencies", "refs", "requirements"):
         d[k] = list(d[k])
     return d
 
@@ -262,6 +264,9 @@ def _parse_entry(i: int, d: object) -> Entry:
         why = revision_problem(ref, commit) if isinstance(ref, str) else "not a string"
         if why:
             raise BundleError(f"{name}: invalid ref {ref!r} ({why})")
+    requirements = d.get("requirements") or []
+    if not isinstance(requirements, list) or not all(isinstance(r, str) for r in requirements):
+        raise BundleError(f"{name}: 'requirements' is not a list of strings")
     converted_from = d.get("converted_from") or {}
     if not isinstance(converted_from, dict) or (converted_from and (
             not isinstance(converted_from.get("commit"), str) or not _HEX40.match(converted_from["commit"])
@@ -281,7 +286,7 @@ def _parse_entry(i: int, d: object) -> Entry:
         license=d.get("license"), gated=bool(d.get("gated", False)),
         trust_remote_code=bool(d.get("trust_remote_code", False)),
         dependencies=tuple(d.get("dependencies") or ()), splits=splits, refs=tuple(refs),
-        converted_from=converted_from,
+        converted_from=converted_from, requirements=tuple(requirements),
     )
 
 

@@ -58,3 +58,10 @@ def datasets_cache() -> Path:
     if os.environ.get("HF_DATASETS_CACHE"):
         return Path(os.environ["HF_DATASETS_CACHE"]).expanduser()
     return hf_home() / "datasets"
+
+
+def modules_cache() -> Path:
+    """Where `evaluate` keeps importable metric modules (HF_MODULES_CACHE > HF_HOME/modules)."""
+    if os.environ.get("HF_MODULES_CACHE"):
+        return Path(os.environ["HF_MODULES_CACHE"]).expanduser()
+    return hf_home() / "modules"

@@ -150,7 +150,25 @@ def _fetch_one(src: Source, writer: BundleWriter, log: Log, bars: bool) -> mf.En
         trust_remote_code=src.trust_remote_code,
         dependencies=tuple(d for d in deps if d) if src.trust_remote_code else (),
         refs=tuple(r for r in resolved.refs if r != src.revision),
+        requirements=_requirements(writer, files) if src.repo_type == "space" else (),
     )
+
+
+def _object_text(writer: BundleWriter, f: mf.FileRecord) -> str | None:
+    for base in (writer.folder, writer.partial):
+        p = base / mf.object_path(f.sha256)
+        if p.is_file():
+            return p.read_text(encoding="utf-8", errors="replace")
+    return None
+
+
+def _requirements(writer: BundleWriter, files: list[mf.FileRecord]) -> tuple[str, ...]:
+    """A space's pip requirements (an evaluate metric's own dependencies), from requirements.txt."""
+    from .evaluate_modules import requirements
+
+    f = next((f for f in files if f.path == "requirements.txt"), None)
+    text = _object_text(writer, f) if f else None
+    return requirements(text) if text else ()
 
 
 def _remote_code_deps(writer: BundleWriter, files: list[mf.FileRecord]) -> tuple[str, ...]:
@@ -289,4 +307,5 @@ def _local(src: Source, writer: BundleWriter, log: Log) -> mf.Entry:
     return mf.Entry(kind=src.kind, repo_id=src.repo_id, repo_type=src.repo_type, revision="main",
                     commit=commit, files=tuple(files), source="local", include=src.include,
                     exclude=src.exclude, trust_remote_code=src.trust_remote_code,
-                    dependencies=tuple(d for d in deps if d) if src.trust_remote_code else ())
+                    dependencies=tuple(d for d in deps if d) if src.trust_remote_code else (),
+                    requirements=_requirements(writer, files) if src.repo_type == "space" else ())

@@ -32,6 +32,9 @@ def cachekit(debug: bool) -> None:
               help="A dataset repo, converted to Parquet per config and split (repeatable).")
 @click.option("--space", "spaces", multiple=True, metavar="ORG/NAME[@REV]",
               help="A space repo, e.g. an `evaluate` metric, kept as plain files (repeatable).")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME|ORG/NAME[@REV]",
+              help="An `evaluate` metric (repeatable): `accuracy` is the space evaluate-metric/accuracy. "
+                   "After import, evaluate.load(NAME) works offline.")
 @click.option("--local", "locals_", multiple=True, metavar="[KIND:]ORG/NAME=PATH",
               help="A local folder stored under the repo id you give; KIND is model (default), dataset or space.")
 @click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -43,7 +46,7 @@ def cachekit(debug: bool) -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path), metavar="DIR|FILE.tar",
               help="Bundle folder, or a .tar file. An existing bundle is extended, reusing what it holds.")
 @handle_errors
-def prefetch(models, datasets, spaces, locals_, plan_file, include, exclude, trust_remote_code, out) -> None:
+def prefetch(models, datasets, spaces, metrics, locals_, plan_file, include, exclude, trust_remote_code, out) -> None:
     """Resolve, pin and download everything into a bundle (run on a host with internet).
 
     Every revision is pinned to a commit; every file is stored once with its sha256; datasets
@@ -54,8 +57,10 @@ def prefetch(models, datasets, spaces, locals_, plan_file, include, exclude, tru
       cachekit prefetch --model HuggingFaceTB/SmolLM2-135M-Instruct@main \\
           --dataset allenai/ai2_arc --exclude '*.onnx' --out bundle.tar
       cachekit prefetch --plan eval.toml --out bundle/
+      cachekit prefetch --metric accuracy --metric exact_match --out metrics.tar
       cachekit prefetch --local myorg/my-model=./checkpoints/step-1000 --out bundle/
     """
+    from cachekit.evaluate_modules import metric_repo
     from cachekit.prefetch import prefetch as run
     from cachekit.sources import parse_hub_spec, parse_local_spec
 
@@ -63,6 +68,7 @@ def prefetch(models, datasets, spaces, locals_, plan_file, include, exclude, tru
     sources = [parse_hub_spec(s, "model", **opts) for s in models]
     sources += [parse_hub_spec(s, "dataset", **opts) for s in datasets]
     sources += [parse_hub_spec(s, "space", **opts) for s in spaces]
+    sources += [parse_hub_spec(metric_repo(s), "space", **opts) for s in metrics]
     sources += [parse_local_spec(s, **opts) for s in locals_]
     if plan_file:
         from evalcore.plan import load_plan, plan_sources
@@ -154,6 +160,14 @@ def _show_plan(plan) -> None:
                 click.echo(f"  {s.status}: {s.file.path} ({s.detail})")
     for a in plan.arrow:
         click.echo(f"datasets cache {a.entry.repo_id} {a.config}: {a.status}")
+    for step in plan.modules:
+        if step.status == "skipped":
+            click.echo(f"evaluate module {step.entry.repo_id}: skipped: evaluate is not installed here (the space is "
+                       "in the hub cache; install evaluate and import again for evaluate.load to work offline)")
+        else:
+            click.echo(f"evaluate module {step.entry.repo_id}: {step.status}")
+        if step.entry.requirements:
+            click.echo(f"  the metric needs: {' '.join(step.entry.requirements)} (pip install them too)")
     for c in plan.cards:
         if c.status == CONFLICTING:
             click.echo(f"  conflicting: {c.link} (a different README.md is already in the cache)")
