@@ -209,7 +209,8 @@ def test_datasets_become_parquet_per_config_and_split(hub_server, homes, tmp_pat
     obj = out / mf.object_path(next(f.sha256 for f in entries["testorg/plain"].files if f.path == "default/test.parquet"))
     assert pq.read_table(obj).to_pylist() == rows[30:]
     (tmp_path / "s").mkdir()
-    _fails_cleanly(homes, tmp_path / "s", ["--dataset", "testorg/scripted"], 2, "dataset loading scripts are not supported")
+    _fails_cleanly(homes, tmp_path / "s", ["--dataset", "testorg/scripted"], 4,
+                   "has only a loading script (scripted.py) and no data files")
 
 
 def test_plan_file_fetches_what_the_plan_needs(hub_server, homes, tmp_path, arc_parquet_repo):
