@@ -71,10 +71,19 @@ def prefetch(models, datasets, spaces, metrics, locals_, plan_file, include, exc
     sources += [parse_hub_spec(metric_repo(s), "space", **opts) for s in metrics]
     sources += [parse_local_spec(s, **opts) for s in locals_]
     if plan_file:
-        from evalcore.plan import load_plan, plan_sources
+        from cachekit.errors import UsageError
+        from cachekit.sources import local_advice
+        from evalcore.plan import load_plan, plan_local_paths, plan_sources
 
-        sources += plan_sources(load_plan(plan_file), include=include, exclude=exclude,
-                                trust_remote_code=trust_remote_code)
+        plan = load_plan(plan_file)
+        from_plan = plan_sources(plan, include=include, exclude=exclude, trust_remote_code=trust_remote_code)
+        advice = local_advice(plan_local_paths(plan), str(out))
+        if not from_plan and not sources and advice:
+            raise UsageError(f"nothing to prefetch: every model and dataset of {plan_file} is a local path, "
+                             "which --plan does not bundle", hint=" ".join(line.strip() for line in advice[-2:]))
+        for line in advice:
+            click.echo(f"note: {line}", err=True)
+        sources += from_plan
     m = run(sources, out, log=lambda s: click.echo(s, err=True))
     size = sum(m.objects().values())
     click.echo(f"bundle {out}: {len(m.entries)} entries, {len(m.objects())} files, {human_size(size)}")

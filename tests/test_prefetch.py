@@ -345,3 +345,49 @@ def test_script_dataset_without_an_export_fails_before_writing(hub_server, homes
     _fails_cleanly(homes, tmp_path, ["--dataset", "testorg/onlyscript"], 4,
                    "dataset testorg/onlyscript@main has only a loading script (onlyscript.py) and no data files, "
                    "and the hub has no refs/convert/parquet revision for it")
+
+
+LOCAL_PLAN = """
+[[models]]
+path = "./ckpt"
+
+[[datasets]]
+abbr = "my_quiz"
+path = "data/quiz.jsonl"
+mode = "ll"
+template = "Question: {q}\\nAnswer:"
+choices = "options"
+label = "answer"
+"""
+
+
+def test_a_plan_of_local_paths_says_exactly_what_to_pass(tmp_path):
+    """`evalcore needs` and `cachekit prefetch --plan` on a plan whose model and data are local:
+    no prefetch command that fails with "nothing to prefetch", but the --local entries to pass."""
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "quiz.jsonl").write_text(json.dumps({"q": "1?", "options": ["a", "b"], "answer": 0}) + "\n")
+    plan = tmp_path / "plan.toml"
+    plan.write_text(LOCAL_PLAN)
+    env = clean_env(HF_HOME=str(tmp_path / "hf"))
+    out = tmp_path / "local.tar"
+
+    r = run_cli("cachekit", "prefetch", "--plan", plan, "--out", out, env=env)
+    assert r.returncode == 2 and not out.exists()
+    first, hint = r.stderr.splitlines()[:2]
+    assert first == f"error: nothing to prefetch: every model and dataset of {plan} is a local path, which --plan does not bundle"
+    cmd = (f"cachekit prefetch --local local/ckpt={tmp_path}/ckpt --local dataset:local/quiz={tmp_path}/data/quiz.jsonl"
+           f" --out {out}")
+    assert cmd in hint and f"{tmp_path}/ckpt -> local/ckpt" in hint
+
+    r = run_cli("evalcore", "needs", plan, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "nothing to fetch from the hub: every model and dataset of this plan is a local path" in r.stdout
+    assert "cachekit prefetch --plan" not in r.stdout
+    line = next(x.strip() for x in r.stdout.splitlines() if x.strip().startswith("cachekit prefetch --local"))
+    assert line.endswith(" --out local.tar")
+    args = line.split()[1:-1] + [str(out)]  # the command it gives works (written where this test may write)
+    r = run_cli("cachekit", *args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert sorted(e.repo_id for e in manifest_of(out).entries) == ["local/ckpt", "local/quiz"]
