@@ -265,7 +265,9 @@ def import_bundle(bundle: str | os.PathLike, *, dry_run: bool = False, link: boo
         problems = check.hash_objects(reader, m, hashable - copied, progress)  # as verify does
         changes = Changes()
         try:
-            if not problems:
+            if problems:  # refused anyway: hash the rest from the bundle too, for verify's full list
+                problems += check.hash_objects(reader, m, hashable & copied, progress)
+            else:
                 problems = _stage(reader, m, plan, hub, store, changes, progress, link)
             if problems:
                 _mark_corrupt(plan, problems)

@@ -161,3 +161,24 @@ def test_link_import_still_refuses_corrupt_objects(tmp_path, env):
     r = run_cli("cachekit", "import", bundle, "--link", env=env)
     assert r.returncode == 3 and "weights.bin" in r.stderr
     assert tree_state(Path(env["HF_HOME"])) == {}, "a refused import created something in the HF home"
+
+
+def test_import_and_verify_list_the_same_problems(tmp_path, env):
+    """Objects import copies (new) and objects it does not (already in the cache) are judged by
+    the same checker: import's refusal lists exactly what verify lists."""
+    first = prefetch_local(tmp_path, env)
+    assert run_cli("cachekit", "import", first, env=env).returncode == 0
+    src = tmp_path / "src-small"
+    (src / "new.txt").write_text("a file the cache does not hold yet")
+    second = tmp_path / "second"
+    assert run_cli("cachekit", "prefetch", "--local", f"testorg/small={src}", "--out", second, env=env).returncode == 0
+    objs = objects_of(second)
+    for name in ("weights.bin", "new.txt"):  # one already in the cache, one new
+        objs[name].write_bytes(b"\0" * objs[name].stat().st_size)
+    hf = Path(env["HF_HOME"])
+    before = tree_state(hf)
+    verify = run_cli("cachekit", "verify", second, env=env)
+    imp = run_cli("cachekit", "import", second, env=env)
+    assert verify.returncode == imp.returncode == 3
+    assert verify.stderr.startswith("error: 2 problems:") and imp.stderr == verify.stderr
+    assert tree_state(hf) == before
