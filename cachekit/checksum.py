@@ -5,9 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from collections.abc import Callable
 from typing import BinaryIO
 
 CHUNK = 4 * 1024 * 1024
@@ -49,6 +47,10 @@ def git_blob_sha1(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def git_blob_sha1_bytes(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
 def copy_and_hash(src: BinaryIO, dst: str | os.PathLike, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
     """Copy a stream into a new file while hashing it, in one pass; fsync before returning."""
     h = hashlib.sha256()
@@ -69,39 +71,37 @@ def copy_and_hash(src: BinaryIO, dst: str | os.PathLike, progress: Callable[[int
     return h.hexdigest(), total
 
 
-def copy_range_and_hash(src: str | os.PathLike, offset: int, size: int, dst: str | os.PathLike,
+def copy_range_and_hash(src_fd: int, offset: int, size: int, dst: str | os.PathLike,
                         progress: Callable[[int], None] | None = None) -> str:
-    """Copy `size` bytes at `offset` of `src` into a new file `dst` in the kernel
-    (copy_file_range; read/write where unsupported), fsync it, then hash what was written:
-    the digest describes exactly the bytes that landed. Returns the sha256 of `dst`."""
-    with open(src, "rb", buffering=0) as fin, open(dst, "xb", buffering=0) as fout:
+    """Copy `size` bytes at `offset` of the open file `src_fd` into a new file `dst` in the
+    kernel (copy_file_range; pread/write where unsupported), fsync it, then hash what was
+    written: the digest describes exactly the bytes that landed. Returns the sha256 of `dst`.
+    The source's file position is never used, so threads may share `src_fd`."""
+    with open(dst, "xb", buffering=0) as fout:
         done = 0
         try:
             while done < size:
-                n = os.copy_file_range(fin.fileno(), fout.fileno(), size - done, offset + done)
+                n = os.copy_file_range(src_fd, fout.fileno(), size - done, offset + done)
                 if n == 0:
                     break  # source shorter than announced: the hash below will say so
                 done += n
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL) or done:
                 raise
-            fin.seek(offset)
-            _copy_slice(fin, fout, size)
+            _copy_slice(src_fd, offset, fout, size)
         os.fsync(fout.fileno())
     with open(dst, "rb", buffering=0) as f:
         return sha256_stream(f, progress)[0]
 
 
-def _copy_slice(fin, fout, size: int) -> None:
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    left = size
-    while left:
-        n = fin.readinto(view[: min(left, CHUNK)])
-        if not n:
+def _copy_slice(src_fd: int, offset: int, fout, size: int) -> None:
+    done = 0
+    while done < size:
+        data = os.pread(src_fd, min(CHUNK, size - done), offset + done)
+        if not data:
             break
-        _write_all(fout, view[:n])
-        left -= n
+        _write_all(fout, memoryview(data))
+        done += len(data)
 
 
 def _write_all(out, data: memoryview) -> None:
@@ -111,33 +111,3 @@ def _write_all(out, data: memoryview) -> None:
         if not written:
             raise OSError(28, "No space left on device")
         data = data[written:]
-
-
-def hash_many(paths: Iterable[Path], workers: int | None = None,
-              progress: Callable[[int], None] | None = None) -> dict[Path, str | OSError]:
-    """sha256 of many files on several threads (hashlib releases the GIL on large buffers).
-
-    A file that cannot be read maps to its OSError instead of a digest.
-    """
-    paths = list(paths)
-    workers = workers or min(4, os.cpu_count() or 1)
-
-    def one(p: Path) -> str | OSError:
-        try:
-            return sha256_file(p, progress)
-        except OSError as exc:
-            return exc
-
-    if workers <= 1 or len(paths) <= 1:
-        return {p: one(p) for p in paths}
-    # Largest first, so one big file does not start last and leave the other threads idle.
-    order = sorted(paths, key=lambda p: _size_or_zero(p), reverse=True)
-    with ThreadPoolExecutor(workers) as pool:
-        return dict(zip(order, pool.map(one, order), strict=True))
-
-
-def _size_or_zero(p: Path) -> int:
-    try:
-        return p.stat().st_size
-    except OSError:
-        return 0

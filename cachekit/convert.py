@@ -29,6 +29,14 @@ def _builder(path: Path) -> str | None:
     return DATA_SUFFIXES.get(suffixes[-1]) if suffixes else None
 
 
+METADATA_FILES = {"dataset_infos.json", "dataset_info.json"}  # written beside loading scripts, not data
+
+
+def is_data_file(path: Path) -> bool:
+    """A file the converter reads as data (by suffix; the hub's metadata JSON files excluded)."""
+    return path.name not in METADATA_FILES and _builder(path) is not None
+
+
 def _split_name(path: Path) -> str:
     stem = path.name.split(".")[0]
     return _SHARD.match(stem).group("split") if stem else "train"

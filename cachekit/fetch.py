@@ -31,6 +31,7 @@ class Resolved:
     files: tuple[RemoteFile, ...]
     gated: bool
     license: str | None
+    refs: tuple[str, ...] = ()  # every branch and tag pointing at `commit` when it was resolved
 
 
 @contextmanager
@@ -90,7 +91,17 @@ def resolve(source: Source) -> Resolved:
                             f"--include {list(source.include)} --exclude {list(source.exclude)}")
     card = getattr(info, "card_data", None)
     license_ = card.get("license") if card is not None and hasattr(card, "get") else None
-    return Resolved(info.sha, tuple(files), bool(getattr(info, "gated", False)), license_)
+    return Resolved(info.sha, tuple(files), bool(getattr(info, "gated", False)), license_,
+                    refs_at(source, info.sha))
+
+
+def refs_at(source: Source, commit: str) -> tuple[str, ...]:
+    """Names of the branches and tags that point at `commit` now (the hub's refs listing)."""
+    from huggingface_hub import HfApi
+
+    with hub_errors(source):
+        refs = HfApi().list_repo_refs(source.repo_id, repo_type=source.repo_type)
+    return tuple(sorted({r.name for r in [*refs.branches, *refs.tags] if r.target_commit == commit}))
 
 
 def download(source: Source, commit: str, path: str, cache_dir: Path) -> Path:

@@ -13,9 +13,11 @@ from pathlib import Path
 
 from . import manifest as mf
 from . import paths
-from .errors import BundleError, NotFoundError
+from .errors import BundleError, CachekitError, NotFoundError, WriteError
 
 SCHEMA = 1
+INDEX_FILES = ("index.db", "index.db-wal", "index.db-shm", "index.db-journal")  # the database and its side files
+_DAMAGED_HINT = "the index is damaged: restore it from a backup, or move it aside and import your bundles again"
 _SCHEMA = """
 CREATE TABLE items (repo_type TEXT, repo_id TEXT, "commit" TEXT, kind TEXT, size INTEGER, files INTEGER,
     trust_remote_code INTEGER, license TEXT, source TEXT, imported_at TEXT, bundle TEXT, manifest_entry TEXT,
@@ -56,24 +58,35 @@ class Index:
         self.path = self.store / "index.db"
 
     def _db(self) -> sqlite3.Connection:
-        """Open (creating the schema on first use). Plain sqlite3: sqlite-utils imports pandas and
-        numpy at import time (0.3-0.45 s here), too slow for every `cachekit ls` and import."""
+        """Open (creating the schema on first use, in one transaction). Plain sqlite3: sqlite-utils
+        imports pandas and numpy at import time (0.3-0.45 s here), too slow for every `cachekit ls`
+        and import."""
         try:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.row_factory = sqlite3.Row
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        except sqlite3.DatabaseError as exc:
-            raise BundleError(f"{self.path} is not a cachekit index: {exc}",
-                              hint="move the file away; `cachekit import` rebuilds it from your bundles") from None
-        if version == 0 and not tables:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA + f"PRAGMA user_version={SCHEMA};")
-        elif version != SCHEMA or not {"items", "refs", "splits"} <= tables:
+            if version == 0 and not tables:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version={SCHEMA}; COMMIT;")
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+        if version != 0 and (version != SCHEMA or not {"items", "refs", "splits"} <= tables):
             conn.close()
             raise BundleError(f"{self.path} is not a cachekit index (schema {version}, this cachekit reads {SCHEMA})",
-                              hint="move the file away; `cachekit import` rebuilds it from your bundles")
+                              hint="use the cachekit version that wrote it, or move it aside and import your bundles again")
         return conn
+
+    def _error(self, exc: sqlite3.Error) -> CachekitError:
+        """sqlite's error as cachekit's: a full disk or I/O failure is a write error (exit 5; the
+        index is fine and stays), only a file that is not a database is a damaged index."""
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+            return BundleError(f"{self.path} is not a cachekit index: {exc}", hint=_DAMAGED_HINT)
+        reason = {"SQLITE_FULL": "no space left on device"}.get(name, f"{exc} ({name or 'sqlite error'})")
+        if name.startswith("SQLITE_IOERR"):
+            reason = f"disk full or I/O error ({name})"
+        return WriteError(f"could not write {self.path}: {reason}")
 
     def record_import(self, entries: tuple[mf.Entry, ...], bundle: str, when: str) -> None:
         """Record entries in one transaction (called under the store lock by the importer)."""
@@ -86,7 +99,7 @@ class Index:
                     "INSERT OR IGNORE INTO items VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (e.repo_type, e.repo_id, e.commit, e.kind, e.size, len(e.files), int(e.trust_remote_code),
                      e.license, e.source, when, bundle, json.dumps(mf._entry_to_dict(e))))
-                for rev in {e.revision, e.commit}:
+                for rev in {e.commit, *e.ref_names}:
                     conn.execute("INSERT OR REPLACE INTO refs VALUES (?,?,?,?)", (e.repo_type, e.repo_id, rev, e.commit))
                 sha_of = {f.path: f.sha256 for f in e.files}
                 for config, by_split in e.splits.items():
@@ -95,6 +108,13 @@ class Index:
                                      (e.repo_id, e.commit, config, split, info["path"], info.get("rows"),
                                       sha_of[info["path"]]))
             conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise self._error(exc) from None
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -106,6 +126,8 @@ class Index:
         conn = self._db()
         try:
             return conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
         finally:
             conn.close()
 
@@ -121,6 +143,14 @@ class Index:
                     r["size"], r["files"], bool(r["trust_remote_code"]), r["imported_at"], r["bundle"])
                for r in self._rows("SELECT * FROM items ORDER BY kind, repo_id, imported_at")]
         return out
+
+    def entry(self, repo_type: str, repo_id: str, commit: str) -> mf.Entry:
+        """The manifest entry an installed item was imported from (what `cachekit export` re-bundles)."""
+        rows = self._rows('SELECT manifest_entry FROM items WHERE repo_type=? AND repo_id=? AND "commit"=?',
+                          (repo_type, repo_id, commit))
+        if not rows:
+            raise NotFoundError(f"{repo_type} {repo_id}@{commit[:12]} is not installed in {self.store}")
+        return mf.parse_entry(json.loads(rows[0]["manifest_entry"]), f"{repo_type} {repo_id} in {self.path}")
 
     def resolve_commit(self, repo_type: str, repo_id: str, revision: str | None = None) -> str:
         """The installed commit for a repo at a revision (default: main, else the only one)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from posixpath import normpath
 
 from .errors import BundleError
@@ -16,6 +16,9 @@ REPO_TYPES = ("model", "dataset", "space")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+_ETAG = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")  # git blob sha1, or sha256 (LFS)
+# Characters git refuses in a ref name (git check-ref-format), plus every control character.
+_BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,18 @@ class Entry:
     dependencies: tuple[str, ...] = ()
     # datasets only: {config: {split: {"path": "<config>/<split>.parquet", "rows": n}}}
     splits: dict = field(default_factory=dict)
+    # every branch and tag that pointed at `commit` at prefetch time (`revision` aside)
+    refs: tuple[str, ...] = ()
+    # a script dataset taken from the hub's Parquet export: {"revision": asked, "commit": its commit}
+    converted_from: dict = field(default_factory=dict)
+    # spaces (evaluate metrics): the pip requirements of the space's requirements.txt
+    requirements: tuple[str, ...] = ()
+
+    @property
+    def ref_names(self) -> tuple[str, ...]:
+        """The refs an import writes: the revision asked for (unless a commit id) and `refs`."""
+        names = [] if self.revision == self.commit else [self.revision]
+        return tuple(dict.fromkeys(names + [r for r in self.refs if r != self.commit]))
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -83,7 +98,7 @@ class Manifest:
 def _entry_to_dict(e: Entry) -> dict:
     d = asdict(e)
     d["files"] = [asdict(f) for f in e.files]
-    for k in ("include", "exclude", "dependencies"):
+    for k in ("include", "exclude", "dependencies", "refs", "requirements"):
         d[k] = list(d[k])
     return d
 
@@ -97,6 +112,56 @@ def check_relpath(path: str, what: str = "path") -> str:
     if "\x00" in path or any(part in ("..", ".", "") for part in path.split("/")) or normpath(path) != path:
         raise BundleError(f"{what} leaves the bundle or is not normalised: {path!r}")
     return path
+
+
+def revision_problem(revision: str, commit: str) -> str | None:
+    """Why `revision` is not a name the hub could have given (a git ref name, or the commit)."""
+    if not revision:
+        return "empty"
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        return None if revision == commit else "a commit id other than the entry's commit"
+    if len(revision) > 255 or _BAD_REF_CHARS.search(revision):
+        return "too long, or a space, control or one of ~^:?*[\\ characters"
+    parts = revision.split("/")
+    if revision == "@" or "@{" in revision or ".." in revision or revision.endswith(".") or \
+            any(not p or p.startswith(".") or p.endswith(".lock") for p in parts):
+        return "not a git ref name"
+    return None
+
+
+def path_collision(paths: set[str]) -> str | None:
+    """A path that is also a folder of another path (`a` and `a/b`): both cannot exist on disk."""
+    for p in sorted(paths):
+        parts = p.split("/")
+        for i in range(1, len(parts)):
+            folder = "/".join(parts[:i])
+            if folder in paths:
+                return f"{folder!r} is both a file and the folder of {p!r}"
+    return None
+
+
+def _check_repo_collisions(entries: tuple[Entry, ...]) -> None:
+    """Entries of one repo share its blobs/ and refs/ folders: an etag names one content, a
+    revision one commit, and no ref may be the folder of another."""
+    by_repo: dict[tuple[str, str], list[Entry]] = {}
+    for e in entries:
+        by_repo.setdefault((e.repo_type, e.repo_id), []).append(e)
+    for (repo_type, repo_id), group in by_repo.items():
+        content: dict[str, tuple[str, str]] = {}
+        for e in group:
+            for f in e.files:
+                other = content.setdefault(f.etag, (f.sha256, f.path))
+                if other[0] != f.sha256:
+                    raise BundleError(f"{repo_type} {repo_id}: files {other[1]!r} and {f.path!r} have the same "
+                                      f"etag {f.etag[:12]}… but different bytes")
+        revisions: dict[str, str] = {}
+        for e in group:
+            for rev in e.ref_names:
+                if revisions.setdefault(rev, e.commit) != e.commit:
+                    raise BundleError(f"{repo_type} {repo_id}: revision {rev!r} names two commits")
+        clash = path_collision(set(revisions))
+        if clash:
+            raise BundleError(f"{repo_type} {repo_id}: revision {clash}")
 
 
 def object_path(sha256: str) -> str:
@@ -132,6 +197,7 @@ def parse(text: str | bytes) -> Manifest:
         for f in e.files:
             if sizes.setdefault(f.sha256, f.size) != f.size:
                 raise BundleError(f"object {f.sha256} is listed with two different sizes")
+    _check_repo_collisions(parsed)
     tool = doc.get("tool") or {}
     return Manifest(
         entries=parsed,
@@ -165,8 +231,9 @@ def _parse_entry(i: int, d: object) -> Entry:
     if not _HEX40.match(commit):
         raise BundleError(f"{name}: commit is not 40 hex digits: {commit!r}")
     revision = need("revision", str)
-    if "\x00" in revision or revision.startswith("/") or ".." in revision.split("/"):
-        raise BundleError(f"{name}: invalid revision {revision!r}")
+    why = revision_problem(revision, commit)
+    if why:
+        raise BundleError(f"{name}: invalid revision {revision!r} ({why})")
     files, paths = [], set()
     for j, f in enumerate(need("files", list)):
         if not isinstance(f, dict):
@@ -180,10 +247,31 @@ def _parse_entry(i: int, d: object) -> Entry:
             raise BundleError(f"{name}: file {path!r} has an invalid size {size!r}")
         if not isinstance(sha, str) or not _HEX64.match(sha):
             raise BundleError(f"{name}: file {path!r} has an invalid sha256 {sha!r}")
-        etag = f.get("etag") or sha
-        if not isinstance(etag, str) or not re.match(r"^[0-9a-f]{40}([0-9a-f]{24})?$", etag):
-            raise BundleError(f"{name}: file {path!r} has an invalid etag {etag!r}")
+        etag = f.get("etag")
+        if not isinstance(etag, str) or not _ETAG.match(etag):
+            raise BundleError(f"{name}: file {path!r} has an invalid etag {etag!r} "
+                              "(expected the hub's blob id: 40 or 64 hex digits)")
+        if len(etag) == 64 and etag != sha:
+            raise BundleError(f"{name}: file {path!r} has a sha256 etag {etag[:12]}… that is not its sha256 {sha[:12]}…")
         files.append(FileRecord(path, size, sha, etag))
+    clash = path_collision(paths)
+    if clash:
+        raise BundleError(f"{name}: {clash}")
+    refs = d.get("refs") or []
+    if not isinstance(refs, list):
+        raise BundleError(f"{name}: 'refs' is not a list")
+    for ref in refs:
+        why = revision_problem(ref, commit) if isinstance(ref, str) else "not a string"
+        if why:
+            raise BundleError(f"{name}: invalid ref {ref!r} ({why})")
+    requirements = d.get("requirements") or []
+    if not isinstance(requirements, list) or not all(isinstance(r, str) for r in requirements):
+        raise BundleError(f"{name}: 'requirements' is not a list of strings")
+    converted_from = d.get("converted_from") or {}
+    if not isinstance(converted_from, dict) or (converted_from and (
+            not isinstance(converted_from.get("commit"), str) or not _HEX40.match(converted_from["commit"])
+            or not isinstance(converted_from.get("revision"), str) or not converted_from["revision"])):
+        raise BundleError(f"{name}: 'converted_from' is not {{revision, commit}}: {converted_from!r}")
     splits = d.get("splits") or {}
     if not isinstance(splits, dict):
         raise BundleError(f"{name}: 'splits' is not an object")
@@ -197,12 +285,31 @@ def _parse_entry(i: int, d: object) -> Entry:
         include=tuple(d.get("include") or ()), exclude=tuple(d.get("exclude") or ()),
         license=d.get("license"), gated=bool(d.get("gated", False)),
         trust_remote_code=bool(d.get("trust_remote_code", False)),
-        dependencies=tuple(d.get("dependencies") or ()), splits=splits,
+        dependencies=tuple(d.get("dependencies") or ()), splits=splits, refs=tuple(refs),
+        converted_from=converted_from, requirements=tuple(requirements),
     )
 
 
+def parse_entry(d: object, where: str) -> Entry:
+    """One entry on its own (as the store index keeps it), validated as in a manifest."""
+    try:
+        return _parse_entry(0, d)
+    except BundleError as exc:
+        raise BundleError(f"{where}: {exc}") from None
+
+
 def merge(old: Manifest | None, new_entries: list[Entry]) -> list[Entry]:
-    """Entries of `old` not replaced by one of `new_entries` (same repo and commit), then the new."""
+    """Entries of `old` not replaced by one of `new_entries` (same repo and commit), then the new.
+
+    A kept entry whose revision (or one of its refs) now names another commit (`main` moved
+    between two prefetches) keeps only what is still its own, pinned by its commit id if need be:
+    a revision names one commit in a bundle, the newest."""
     replaced = {e.key for e in new_entries}
-    kept = [e for e in (old.entries if old else ()) if e.key not in replaced]
+    moved = {(e.repo_type, e.repo_id, r) for e in new_entries for r in e.ref_names}
+
+    def pinned(e: Entry) -> Entry:
+        rev = e.commit if (e.repo_type, e.repo_id, e.revision) in moved else e.revision
+        return replace(e, revision=rev, refs=tuple(r for r in e.refs if (e.repo_type, e.repo_id, r) not in moved))
+
+    kept = [pinned(e) for e in (old.entries if old else ()) if e.key not in replaced]
     return kept + list(new_entries)

@@ -51,3 +51,17 @@ def ref_path(cache: Path, repo_type: str, repo_id: str, revision: str) -> Path:
 
 def dataset_file(store: Path, repo_id: str, commit: str, path: str) -> Path:
     return store / "datasets" / repo_id.replace("/", "--") / commit / path
+
+
+def datasets_cache() -> Path:
+    """The `datasets` library's cache (HF_DATASETS_CACHE > HF_HOME/datasets)."""
+    if os.environ.get("HF_DATASETS_CACHE"):
+        return Path(os.environ["HF_DATASETS_CACHE"]).expanduser()
+    return hf_home() / "datasets"
+
+
+def modules_cache() -> Path:
+    """Where `evaluate` keeps importable metric modules (HF_MODULES_CACHE > HF_HOME/modules)."""
+    if os.environ.get("HF_MODULES_CACHE"):
+        return Path(os.environ["HF_MODULES_CACHE"]).expanduser()
+    return hf_home() / "modules"

@@ -9,12 +9,13 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from . import fetch
 from . import manifest as mf
 from .bundle import open_bundle, pack_tar
-from .convert import to_parquet
+from .convert import is_data_file, to_parquet
 from .errors import NotFoundError, UsageError, VerificationError
 from .sources import Source, matches
 from .writer import BundleWriter, staging_for
@@ -148,7 +149,26 @@ def _fetch_one(src: Source, writer: BundleWriter, log: Log, bars: bool) -> mf.En
         include=src.include, exclude=src.exclude, license=resolved.license, gated=resolved.gated,
         trust_remote_code=src.trust_remote_code,
         dependencies=tuple(d for d in deps if d) if src.trust_remote_code else (),
+        refs=tuple(r for r in resolved.refs if r != src.revision),
+        requirements=_requirements(writer, files) if src.repo_type == "space" else (),
     )
+
+
+def _object_text(writer: BundleWriter, f: mf.FileRecord) -> str | None:
+    for base in (writer.folder, writer.partial):
+        p = base / mf.object_path(f.sha256)
+        if p.is_file():
+            return p.read_text(encoding="utf-8", errors="replace")
+    return None
+
+
+def _requirements(writer: BundleWriter, files: list[mf.FileRecord]) -> tuple[str, ...]:
+    """A space's pip requirements (an evaluate metric's own dependencies), from requirements.txt."""
+    from .evaluate_modules import requirements
+
+    f = next((f for f in files if f.path == "requirements.txt"), None)
+    text = _object_text(writer, f) if f else None
+    return requirements(text) if text else ()
 
 
 def _remote_code_deps(writer: BundleWriter, files: list[mf.FileRecord]) -> tuple[str, ...]:
@@ -171,7 +191,30 @@ def _remote_code_deps(writer: BundleWriter, files: list[mf.FileRecord]) -> tuple
     return ()
 
 
+PARQUET_EXPORT = "refs/convert/parquet"
+
+
+def _is_script_only(resolved: fetch.Resolved) -> bool:
+    """A repo with a loading script (`*.py` at the top) and no data file: datasets 4+ cannot load it."""
+    top = [f.path for f in resolved.files if "/" not in f.path]
+    return any(p.endswith(".py") for p in top) and not any(is_data_file(Path(f.path)) for f in resolved.files)
+
+
 def _hub_dataset(src: Source, resolved: fetch.Resolved, writer: BundleWriter, log: Log) -> mf.Entry:
+    if _is_script_only(resolved) and src.revision != PARQUET_EXPORT:
+        script = next(f.path for f in resolved.files if "/" not in f.path and f.path.endswith(".py"))
+        export = Source("dataset", src.repo_id, PARQUET_EXPORT, None, src.include, src.exclude)
+        try:
+            converted = fetch.resolve(export)
+        except NotFoundError:
+            raise NotFoundError(f"dataset {src.repo_id}@{src.revision} has only a loading script ({script}) and no data "
+                                f"files, and the hub has no {PARQUET_EXPORT} revision for it",
+                                hint="datasets 4+ cannot run loading scripts; ask the owner for Parquet data files, "
+                                     "or prefetch a local copy with --local dataset:ORG/NAME=PATH") from None
+        log(f"  {src.repo_id} has a loading script ({script}): taking the hub's Parquet export "
+            f"{PARQUET_EXPORT} -> {converted.commit}")
+        entry = _hub_dataset(export, converted, writer, log)
+        return replace(entry, converted_from={"revision": src.revision, "commit": resolved.commit})
     old = _reusable_entry(writer, src, resolved.commit)
     if old is not None:
         log("  already in the bundle")
@@ -179,7 +222,8 @@ def _hub_dataset(src: Source, resolved: fetch.Resolved, writer: BundleWriter, lo
     for rf in resolved.files:
         fetch.download(src, resolved.commit, rf.path, writer.hub_cache)
     snapshot = writer.hub_cache / f"datasets--{src.repo_id.replace('/', '--')}" / "snapshots" / resolved.commit
-    return _dataset_entry(src, resolved.commit, snapshot, writer, "hub", resolved.license, resolved.gated)
+    entry = _dataset_entry(src, resolved.commit, snapshot, writer, "hub", resolved.license, resolved.gated)
+    return replace(entry, refs=tuple(r for r in resolved.refs if r != src.revision))
 
 
 def _reusable_entry(writer: BundleWriter, src: Source, commit: str) -> mf.Entry | None:
@@ -263,4 +307,5 @@ def _local(src: Source, writer: BundleWriter, log: Log) -> mf.Entry:
     return mf.Entry(kind=src.kind, repo_id=src.repo_id, repo_type=src.repo_type, revision="main",
                     commit=commit, files=tuple(files), source="local", include=src.include,
                     exclude=src.exclude, trust_remote_code=src.trust_remote_code,
-                    dependencies=tuple(d for d in deps if d) if src.trust_remote_code else ())
+                    dependencies=tuple(d for d in deps if d) if src.trust_remote_code else (),
+                    requirements=_requirements(writer, files) if src.repo_type == "space" else ())

@@ -71,3 +71,27 @@ def matches(path: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bo
     if include and not any(fnmatch(path, norm(p)) for p in include):
         return False
     return not any(fnmatch(path, norm(p)) for p in exclude)
+
+
+def local_spec_for(kind: str, path: str) -> tuple[str, str]:
+    """The `--local` spec that bundles a plan's local folder or file, and the repo id it gets:
+    `local/<name>` from the file or folder name. Pure."""
+    from pathlib import PurePath
+
+    p = PurePath(path.rstrip("/"))
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", p.stem if kind == "dataset" and p.suffix else p.name).strip("-.")
+    repo_id = f"local/{name or kind}"
+    return (f"{'dataset:' if kind == 'dataset' else ''}{repo_id}={path}", repo_id)
+
+
+def local_advice(locals_: list[tuple[str, str]], out: str) -> list[str]:
+    """Lines that say exactly how to carry a plan's local paths to the offline host. Pure."""
+    if not locals_:
+        return []
+    specs = [local_spec_for(k, p) for k, p in locals_]
+    lines = [f"local {k} {p}: read from that path at run time; no prefetch fetches it" for k, p in locals_]
+    lines.append("to carry them: copy each to the same path on the offline host, or bundle them:")
+    lines.append("  cachekit prefetch " + " ".join(f"--local {s}" for s, _ in specs) + f" --out {out}")
+    lines.append("  and name them in the plan: " + ", ".join(f"{p} -> {rid}" for (_, p), (_, rid) in zip(locals_, specs, strict=True))
+                 + " (a data file becomes config `default`, split = its file name)")
+    return lines

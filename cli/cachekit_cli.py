@@ -32,6 +32,9 @@ def cachekit(debug: bool) -> None:
               help="A dataset repo, converted to Parquet per config and split (repeatable).")
 @click.option("--space", "spaces", multiple=True, metavar="ORG/NAME[@REV]",
               help="A space repo, e.g. an `evaluate` metric, kept as plain files (repeatable).")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME|ORG/NAME[@REV]",
+              help="An `evaluate` metric (repeatable): `accuracy` is the space evaluate-metric/accuracy. "
+                   "After import, evaluate.load(NAME) works offline.")
 @click.option("--local", "locals_", multiple=True, metavar="[KIND:]ORG/NAME=PATH",
               help="A local folder stored under the repo id you give; KIND is model (default), dataset or space.")
 @click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -43,7 +46,7 @@ def cachekit(debug: bool) -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path), metavar="DIR|FILE.tar",
               help="Bundle folder, or a .tar file. An existing bundle is extended, reusing what it holds.")
 @handle_errors
-def prefetch(models, datasets, spaces, locals_, plan_file, include, exclude, trust_remote_code, out) -> None:
+def prefetch(models, datasets, spaces, metrics, locals_, plan_file, include, exclude, trust_remote_code, out) -> None:
     """Resolve, pin and download everything into a bundle (run on a host with internet).
 
     Every revision is pinned to a commit; every file is stored once with its sha256; datasets
@@ -54,8 +57,10 @@ def prefetch(models, datasets, spaces, locals_, plan_file, include, exclude, tru
       cachekit prefetch --model HuggingFaceTB/SmolLM2-135M-Instruct@main \\
           --dataset allenai/ai2_arc --exclude '*.onnx' --out bundle.tar
       cachekit prefetch --plan eval.toml --out bundle/
+      cachekit prefetch --metric accuracy --metric exact_match --out metrics.tar
       cachekit prefetch --local myorg/my-model=./checkpoints/step-1000 --out bundle/
     """
+    from cachekit.evaluate_modules import metric_repo
     from cachekit.prefetch import prefetch as run
     from cachekit.sources import parse_hub_spec, parse_local_spec
 
@@ -63,12 +68,22 @@ def prefetch(models, datasets, spaces, locals_, plan_file, include, exclude, tru
     sources = [parse_hub_spec(s, "model", **opts) for s in models]
     sources += [parse_hub_spec(s, "dataset", **opts) for s in datasets]
     sources += [parse_hub_spec(s, "space", **opts) for s in spaces]
+    sources += [parse_hub_spec(metric_repo(s), "space", **opts) for s in metrics]
     sources += [parse_local_spec(s, **opts) for s in locals_]
     if plan_file:
-        from evalcore.plan import load_plan, plan_sources
+        from cachekit.errors import UsageError
+        from cachekit.sources import local_advice
+        from evalcore.plan import load_plan, plan_local_paths, plan_sources
 
-        sources += plan_sources(load_plan(plan_file), include=include, exclude=exclude,
-                                trust_remote_code=trust_remote_code)
+        plan = load_plan(plan_file)
+        from_plan = plan_sources(plan, include=include, exclude=exclude, trust_remote_code=trust_remote_code)
+        advice = local_advice(plan_local_paths(plan), str(out))
+        if not from_plan and not sources and advice:
+            raise UsageError(f"nothing to prefetch: every model and dataset of {plan_file} is a local path, "
+                             "which --plan does not bundle", hint=" ".join(line.strip() for line in advice[-2:]))
+        for line in advice:
+            click.echo(f"note: {line}", err=True)
+        sources += from_plan
     m = run(sources, out, log=lambda s: click.echo(s, err=True))
     size = sum(m.objects().values())
     click.echo(f"bundle {out}: {len(m.entries)} entries, {len(m.objects())} files, {human_size(size)}")
@@ -81,25 +96,23 @@ def verify(bundle: Path) -> None:
     """Hash every file of a bundle against its manifest.
 
     Exit 0 when all is well; exit 3 listing every problem (missing, corrupt, truncated,
-    unlisted or unsafe files, invalid manifest).
+    unlisted or unsafe files, links, invalid manifest). `cachekit import` runs the same checks
+    and refuses exactly what this refuses. Unlisted members are named up to 5 and counted up to
+    1000, where reading stops.
 
     \b
     Example:
       cachekit verify /media/usb/eval-bundle.tar
     """
     from cachekit.bundle import open_bundle
-    from cachekit.bundle import verify as run
-    from cachekit.errors import VerificationError
+    from cachekit.check import refuse
+    from cachekit.check import verify as run
 
     with open_bundle(bundle) as reader:
-        try:
-            total = sum(reader.manifest().objects().values())
-        except Exception:
-            total = 0
+        total = sum(reader.manifest().objects().values())
     with byte_bar(total, "verify") as bar:
         m, problems = run(bundle, progress=bar.update)
-    if problems:
-        raise VerificationError([str(p) for p in problems])
+    refuse(problems)
     click.echo(f"ok: {bundle}: {len(m.entries)} entries, {len(m.objects())} files, "
                f"{human_size(sum(m.objects().values()))} verified")
 
@@ -115,7 +128,9 @@ def import_(bundle: Path, dry_run: bool, link: bool) -> None:
     """Install a bundle into the Hugging Face cache (HF_HOME / HF_HUB_CACHE) and the dataset store.
 
     Models and spaces go to the standard hub cache layout, so transformers loads them by repo id
-    with HF_HUB_OFFLINE=1; datasets go to the store (CACHEKIT_HOME, default $HF_HOME/cachekit).
+    with HF_HUB_OFFLINE=1; datasets go to the store (CACHEKIT_HOME, default $HF_HOME/cachekit),
+    to the hub layout (Parquet and a README `configs:` header) and to the datasets cache
+    (HF_DATASETS_CACHE), so `datasets.load_dataset(repo_id, config)` works offline too.
     Nothing changes unless every file is good: a failed import leaves the cache as it was.
     A second import of the same bundle does nothing.
 
@@ -152,6 +167,19 @@ def _show_plan(plan) -> None:
         for s in steps:
             if s.status in (CONFLICTING, CORRUPT):
                 click.echo(f"  {s.status}: {s.file.path} ({s.detail})")
+    for a in plan.arrow:
+        click.echo(f"datasets cache {a.entry.repo_id} {a.config}: {a.status}")
+    for step in plan.modules:
+        if step.status == "skipped":
+            click.echo(f"evaluate module {step.entry.repo_id}: skipped: evaluate is not installed here (the space is "
+                       "in the hub cache; install evaluate and import again for evaluate.load to work offline)")
+        else:
+            click.echo(f"evaluate module {step.entry.repo_id}: {step.status}")
+        if step.entry.requirements:
+            click.echo(f"  the metric needs: {' '.join(step.entry.requirements)} (pip install them too)")
+    for c in plan.cards:
+        if c.status == CONFLICTING:
+            click.echo(f"  conflicting: {c.link} (a different README.md is already in the cache)")
     for ref, old, new in plan.refs:
         click.echo(f"ref {ref.parent.parent.name}/refs/{ref.name}: {old[:12] if old else '(none)'} -> {new[:12]}")
 

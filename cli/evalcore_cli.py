@@ -473,12 +473,19 @@ def needs(plan_file: Path) -> None:
     Example:
       evalcore needs eval.toml
     """
-    from evalcore.plan import load_plan, plan_sources
+    from cachekit.sources import local_advice
+    from evalcore.plan import load_plan, plan_local_paths, plan_sources
 
-    sources = plan_sources(load_plan(plan_file))
+    plan = load_plan(plan_file)
+    sources = plan_sources(plan)
     for s in sources:
         click.echo(f"{s.repo_type:8} {s.repo_id}@{s.revision}")
-    click.echo(f"\non a host with internet:\n  cachekit prefetch --plan {plan_file} --out bundle.tar")
+    if sources:
+        click.echo(f"\non a host with internet:\n  cachekit prefetch --plan {plan_file} --out bundle.tar")
+    else:
+        click.echo("nothing to fetch from the hub: every model and dataset of this plan is a local path")
+    for line in local_advice(plan_local_paths(plan), "local.tar"):
+        click.echo(line)
 
 
 def expand_nargs(argv: list[str]) -> list[str]:

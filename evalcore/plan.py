@@ -310,6 +310,13 @@ def plan_sources(plan: Plan, include=(), exclude=(), trust_remote_code=False) ->
     return list(dict.fromkeys(out))
 
 
+def plan_local_paths(plan: Plan) -> list[tuple[str, str]]:
+    """(kind, path) of the plan's local model folders and data files, which no prefetch fetches."""
+    out = [("model", p) for m in plan.models for p in (m.path, m.tokenizer_path) if p and is_local(p)]
+    out += [("dataset", d.path) for d in plan.datasets if is_local(d.path)]
+    return list(dict.fromkeys(out))
+
+
 def plan_to_json(plan: Plan) -> str:
     """The whole plan as JSON (kept in the run folder; resume reads it back)."""
     import json
@@ -355,4 +362,4 @@ def is_local(path: str) -> bool:
 
 
 __all__ = ["Plan", "ModelSpec", "DatasetSpec", "RunSettings", "load_plan", "parse_plan", "with_overrides", "plan_to_json", "plan_from_json",
-           "validate", "parse_kwargs", "plan_sources", "replace"]
+           "validate", "parse_kwargs", "plan_sources", "plan_local_paths", "replace"]

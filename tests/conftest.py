@@ -51,20 +51,24 @@ def wait_for(pred, timeout: float = 60.0, every: float = 0.05, what: str = "cond
 
 
 def tree_state(path: Path) -> dict[str, tuple]:
-    """Everything under `path`: type, size, content hash or link target. Compare before/after."""
+    """Everything under `path`, `path` itself and every folder included: type, mode, size,
+    content hash or link target. {} means `path` does not exist; an empty folder is
+    {"": ("dir", mode)}. Compare before/after."""
     state: dict[str, tuple] = {}
     if not os.path.lexists(path):
         return state
+    state[""] = ("dir", os.lstat(path).st_mode) if Path(path).is_dir() else ("file",)
     for dirpath, dirnames, filenames in os.walk(path):
         for name in dirnames + filenames:
             p = Path(dirpath, name)
             rel = p.relative_to(path).as_posix()
+            st = p.lstat()
             if p.is_symlink():
                 state[rel] = ("link", os.readlink(p))
             elif p.is_dir():
-                state[rel] = ("dir",)
+                state[rel] = ("dir", st.st_mode)
             else:
-                state[rel] = ("file", p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+                state[rel] = ("file", st.st_mode, st.st_size, hashlib.sha256(p.read_bytes()).hexdigest())
     return state
 
 

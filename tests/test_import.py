@@ -50,6 +50,7 @@ def test_import_lays_out_the_hub_cache(tmp_path, env):
         assert p.is_symlink() and p.resolve().parent == (repo / "blobs").resolve()
         assert p.read_bytes() == (tmp_path / "src-small" / f.path).read_bytes()
     assert len(list((repo / "blobs").iterdir())) == 3  # two identical files share a blob
+    assert not list(Path(env["HF_HOME"]).rglob(".cachekit-staging-*")), "staging folders left behind"
     # A second import changes nothing.
     before = tree_state(Path(env["HF_HOME"]) / "hub")
     r = run_cli("cachekit", "import", bundle, env=env)
@@ -73,10 +74,12 @@ def test_corrupt_object_refused_and_cache_unchanged(tmp_path, env, prepopulated)
     weights.write_bytes(bytes(data))
     before = tree_state(prepopulated)
     r = run_cli("cachekit", "import", bundle, "--dry-run", env=env)
-    assert r.returncode == 3 and "corrupt: weights.bin (sha256 mismatch in the bundle)" in r.stdout
+    assert r.returncode == 3 and "corrupt: weights.bin (sha256 " in r.stdout
     r = run_cli("cachekit", "import", bundle, env=env)
     assert r.returncode == 3
-    assert "corrupt: testorg/small@" in r.stderr and "weights.bin" in r.stderr
+    assert r.stderr.startswith("error: bundle verification failed: corrupt: objects/")
+    assert "[testorg/small/weights.bin] (sha256 " in r.stderr
+    assert r.stderr == run_cli("cachekit", "verify", bundle, env=env).stderr  # one checker, one verdict
     assert tree_state(prepopulated) == before
 
 
@@ -157,5 +160,25 @@ def test_link_import_still_refuses_corrupt_objects(tmp_path, env):
     weights.write_bytes(b"x" * weights.stat().st_size)
     r = run_cli("cachekit", "import", bundle, "--link", env=env)
     assert r.returncode == 3 and "weights.bin" in r.stderr
-    assert tree_state(Path(env["HF_HOME"]) / "hub") in ({}, {"": ("dir",)}) or \
-        not any((Path(env["HF_HOME"]) / "hub").rglob("blobs"))
+    assert tree_state(Path(env["HF_HOME"])) == {}, "a refused import created something in the HF home"
+
+
+def test_import_and_verify_list_the_same_problems(tmp_path, env):
+    """Objects import copies (new) and objects it does not (already in the cache) are judged by
+    the same checker: import's refusal lists exactly what verify lists."""
+    first = prefetch_local(tmp_path, env)
+    assert run_cli("cachekit", "import", first, env=env).returncode == 0
+    src = tmp_path / "src-small"
+    (src / "new.txt").write_text("a file the cache does not hold yet")
+    second = tmp_path / "second"
+    assert run_cli("cachekit", "prefetch", "--local", f"testorg/small={src}", "--out", second, env=env).returncode == 0
+    objs = objects_of(second)
+    for name in ("weights.bin", "new.txt"):  # one already in the cache, one new
+        objs[name].write_bytes(b"\0" * objs[name].stat().st_size)
+    hf = Path(env["HF_HOME"])
+    before = tree_state(hf)
+    verify = run_cli("cachekit", "verify", second, env=env)
+    imp = run_cli("cachekit", "import", second, env=env)
+    assert verify.returncode == imp.returncode == 3
+    assert verify.stderr.startswith("error: 2 problems:") and imp.stderr == verify.stderr
+    assert tree_state(hf) == before

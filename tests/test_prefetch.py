@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cachekit import manifest as mf
-from tests.conftest import ROOT, arc_rows, run_cli, tree_state
+from tests.conftest import ROOT, arc_rows, clean_env, run_cli, tree_state
 
 
 def small_model(hub, repo_id="testorg/small", **kw) -> str:
@@ -209,7 +209,8 @@ def test_datasets_become_parquet_per_config_and_split(hub_server, homes, tmp_pat
     obj = out / mf.object_path(next(f.sha256 for f in entries["testorg/plain"].files if f.path == "default/test.parquet"))
     assert pq.read_table(obj).to_pylist() == rows[30:]
     (tmp_path / "s").mkdir()
-    _fails_cleanly(homes, tmp_path / "s", ["--dataset", "testorg/scripted"], 2, "dataset loading scripts are not supported")
+    _fails_cleanly(homes, tmp_path / "s", ["--dataset", "testorg/scripted"], 4,
+                   "has only a loading script (scripted.py) and no data files")
 
 
 def test_plan_file_fetches_what_the_plan_needs(hub_server, homes, tmp_path, arc_parquet_repo):
@@ -245,3 +246,148 @@ def test_custom_code_models_and_their_dependencies(hub_server, homes, tmp_path):
     assert entries["testorg/custom"].trust_remote_code is True
     assert entries["testorg/custom"].dependencies == ("codeorg/modeling",)
     assert "codeorg/modeling" in entries
+
+
+LOAD_OFFLINE = r"""
+import json, sys
+from huggingface_hub import hf_hub_download
+out = {}
+for rev in sys.argv[1:]:
+    kw = {"revision": rev} if rev != "-" else {}
+    try:
+        out[rev] = open(hf_hub_download("testorg/small", "config.json", **kw)).read()
+    except Exception as exc:
+        out[rev] = type(exc).__name__
+print(json.dumps(out))
+"""
+
+
+def test_every_ref_at_the_pinned_commit_is_recorded_and_written(hub_server, homes, tmp_path):
+    """`org/name@v1` prefetched while main was the same commit also loads as `org/name`; a
+    branch elsewhere is not written, and neither is what moved after the prefetch."""
+    v1 = small_model(hub_server, tag="v1")
+    hub_server.create_branch("testorg/small", "stable", "v1")
+    hub_server.commit("testorg/small", {"config.json": b'{"model_type": "llama", "v": 2}'}, branch="dev",
+                      message="dev only")
+    out = tmp_path / "b"
+    r = run_cli("cachekit", "prefetch", "--model", "testorg/small@v1", "--out", out, env=homes)
+    assert r.returncode == 0, r.stderr
+    e = manifest_of(out).entries[0]
+    assert e.commit == v1 and e.revision == "v1" and e.refs == ("main", "stable")
+    small_model(hub_server)  # main moves on after the prefetch: the bundle still says what was true
+
+    offline = dict(homes, HF_HOME=str(tmp_path / "offline"), HF_HUB_OFFLINE="1")
+    r = run_cli("cachekit", "import", out, env=offline)
+    assert r.returncode == 0, r.stderr
+    refs = Path(offline["HF_HOME"]) / "hub" / "models--testorg--small" / "refs"
+    assert sorted(p.name for p in refs.iterdir()) == ["main", "stable", "v1"]
+    assert all((refs / n).read_text() == v1 for n in ("main", "stable", "v1"))
+    r = subprocess.run([sys.executable, "-c", LOAD_OFFLINE, "-", "v1", "stable", "dev"], env=offline,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert got["-"] == got["v1"] == got["stable"] == json.dumps({"model_type": "llama"})
+    assert got["dev"] != got["-"] and "Error" in got["dev"]  # never a ref that was not true
+    rows = json.loads(run_cli("cachekit", "ls", "--json", env=offline).stdout)
+    assert rows[0]["revisions"] == ["main", "stable", "v1"]
+
+
+SCRIPT_ROWS = [{"text": "a", "label": 0}, {"text": "b", "label": 1}, {"text": "c", "label": 0}]
+LOAD_SCRIPTED = r"""
+import json
+import datasets
+from cachekit.index import Index
+rows = datasets.load_dataset("testorg/scripted", split="train").to_list()
+import pyarrow.parquet as pq
+store = pq.read_table(Index().resolve_split("testorg/scripted", None, "train")).to_pylist()
+print(json.dumps({"rows": rows, "store": store}))
+"""
+
+
+def _parquet_bytes(rows) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    return buf.getvalue()
+
+
+def test_script_dataset_taken_from_the_parquet_export(hub_server, homes, tmp_path):
+    """A repo with only a loading script is bundled from the hub's refs/convert/parquet, both
+    commits recorded, and loads offline under its own repo id (load_dataset and evalcore)."""
+    main = hub_server.commit("testorg/scripted", {"scripted.py": b"import datasets\n# a loading script\n",
+                                                  "dataset_infos.json": b"{}", "README.md": b"# scripted\n"},
+                             repo_type="dataset")
+    export = hub_server.commit("testorg/scripted", {"default/train/0000.parquet": _parquet_bytes(SCRIPT_ROWS)},
+                               repo_type="dataset", branch="refs/convert/parquet")
+    out = tmp_path / "b"
+    r = run_cli("cachekit", "prefetch", "--dataset", "testorg/scripted", "--out", out, env=homes)
+    assert r.returncode == 0, r.stderr
+    assert "has a loading script (scripted.py): taking the hub's Parquet export" in r.stderr
+    e = manifest_of(out).entries[0]
+    assert (e.revision, e.commit) == ("refs/convert/parquet", export)
+    assert e.converted_from == {"revision": "main", "commit": main}
+    offline = clean_env(HF_HOME=str(tmp_path / "offline"), HF_HUB_OFFLINE="1")
+    r = run_cli("cachekit", "import", out, env=offline)
+    assert r.returncode == 0, r.stderr
+    refs = Path(offline["HF_HOME"]) / "hub" / "datasets--testorg--scripted" / "refs"
+    assert (refs / "refs" / "convert" / "parquet").read_text() == export
+    assert not (refs / "main").exists()  # main is the script commit: never claimed for the export
+    r = subprocess.run([sys.executable, "-c", LOAD_SCRIPTED], env=offline, cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert got["rows"] == got["store"] == SCRIPT_ROWS
+
+
+def test_script_dataset_without_an_export_fails_before_writing(hub_server, homes, tmp_path):
+    hub_server.commit("testorg/onlyscript", {"onlyscript.py": b"# a loading script\n"}, repo_type="dataset")
+    _fails_cleanly(homes, tmp_path, ["--dataset", "testorg/onlyscript"], 4,
+                   "dataset testorg/onlyscript@main has only a loading script (onlyscript.py) and no data files, "
+                   "and the hub has no refs/convert/parquet revision for it")
+
+
+LOCAL_PLAN = """
+[[models]]
+path = "./ckpt"
+
+[[datasets]]
+abbr = "my_quiz"
+path = "data/quiz.jsonl"
+mode = "ll"
+template = "Question: {q}\\nAnswer:"
+choices = "options"
+label = "answer"
+"""
+
+
+def test_a_plan_of_local_paths_says_exactly_what_to_pass(tmp_path):
+    """`evalcore needs` and `cachekit prefetch --plan` on a plan whose model and data are local:
+    no prefetch command that fails with "nothing to prefetch", but the --local entries to pass."""
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "quiz.jsonl").write_text(json.dumps({"q": "1?", "options": ["a", "b"], "answer": 0}) + "\n")
+    plan = tmp_path / "plan.toml"
+    plan.write_text(LOCAL_PLAN)
+    env = clean_env(HF_HOME=str(tmp_path / "hf"))
+    out = tmp_path / "local.tar"
+
+    r = run_cli("cachekit", "prefetch", "--plan", plan, "--out", out, env=env)
+    assert r.returncode == 2 and not out.exists()
+    first, hint = r.stderr.splitlines()[:2]
+    assert first == f"error: nothing to prefetch: every model and dataset of {plan} is a local path, which --plan does not bundle"
+    cmd = (f"cachekit prefetch --local local/ckpt={tmp_path}/ckpt --local dataset:local/quiz={tmp_path}/data/quiz.jsonl"
+           f" --out {out}")
+    assert cmd in hint and f"{tmp_path}/ckpt -> local/ckpt" in hint
+
+    r = run_cli("evalcore", "needs", plan, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "nothing to fetch from the hub: every model and dataset of this plan is a local path" in r.stdout
+    assert "cachekit prefetch --plan" not in r.stdout
+    line = next(x.strip() for x in r.stdout.splitlines() if x.strip().startswith("cachekit prefetch --local"))
+    assert line.endswith(" --out local.tar")
+    args = line.split()[1:-1] + [str(out)]  # the command it gives works (written where this test may write)
+    r = run_cli("cachekit", *args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert sorted(e.repo_id for e in manifest_of(out).entries) == ["local/ckpt", "local/quiz"]

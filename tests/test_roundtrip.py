@@ -76,3 +76,40 @@ def _manifest(bundle: Path) -> dict:
 
     with tarfile.open(bundle) as t:
         return json.load(t.extractfile("manifest.json"))
+
+
+LOAD_DATASET = r"""
+import json
+import datasets
+from huggingface_hub import hf_hub_download
+ds = datasets.load_dataset("allenai/ai2_arc", "ARC-Easy", split="validation")
+card = open(hf_hub_download("allenai/ai2_arc", "README.md", repo_type="dataset")).read()
+print(json.dumps({"rows": ds.to_list(), "card": card}))
+"""
+
+
+def test_load_dataset_offline_after_import(hub_server, tmp_path, arc_parquet_repo):
+    """After import, `datasets.load_dataset(repo_id, config, split=...)` returns the source rows
+    with HF_HUB_OFFLINE=1, and the hub layout holds the Parquet files and a README `configs:`."""
+    commit = hub_server.commit("allenai/ai2_arc", arc_parquet_repo, repo_type="dataset")
+    online = clean_env(HF_HOME=str(tmp_path / "online"), HF_ENDPOINT=hub_server.url)
+    bundle = tmp_path / "bundle"
+    r = run_cli("cachekit", "prefetch", "--dataset", "allenai/ai2_arc", "--out", bundle, env=online)
+    assert r.returncode == 0, r.stderr
+    offline = clean_env(HF_HOME=str(tmp_path / "offline"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    r = run_cli("cachekit", "import", bundle, env=offline)
+    assert r.returncode == 0, r.stderr
+    assert "datasets cache allenai/ai2_arc ARC-Easy: new" in r.stdout
+    snap = tmp_path / "offline" / "hub" / "datasets--allenai--ai2_arc" / "snapshots" / commit
+    assert (snap / "ARC-Easy" / "validation.parquet").is_symlink()
+    assert not list((tmp_path / "offline").rglob(".cachekit-staging-*")), "staging folders left behind"
+    assert (tmp_path / "offline" / "hub" / "datasets--allenai--ai2_arc" / "refs" / "main").read_text() == commit
+    r = subprocess.run([sys.executable, "-c", LOAD_DATASET], env=offline, cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert got["rows"] == arc_rows()
+    assert "config_name: ARC-Easy" in got["card"] and "path: ARC-Easy/validation.parquet" in got["card"]
+    # a second import changes nothing; the store index still serves evalcore
+    r = run_cli("cachekit", "import", bundle, env=offline)
+    assert r.returncode == 0 and "nothing to do" in r.stdout, r.stdout + r.stderr
