@@ -40,7 +40,7 @@ def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None]
     validate(plan)
     if plan.run.offline:
         go_offline()
-    from . import data
+    from .benchmarks.validate import dry_run
     from .gpus import discover_gpus
     from .ledger import PartitionRow
     from .partition import split
@@ -60,9 +60,9 @@ def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None]
             raise PlanError(f"dataset {d.abbr} executes generated code; set allow_code_execution = true "
                             "for it in the plan to allow that (sandboxed subprocess)")
     resolved = resolve_plan(plan, tasks)
+    counts = dry_run(plan, tasks, resolved)  # every selected row becomes its requests, before any model loads
     run_id = run_id or new_run_id()
     ctx = RunContext(run_id, check_run_dir(plan.run.work_dir, run_id), plan, resolved)
-    counts = {abbr: data.count_rows(ref) for abbr, ref in resolved.datasets.items()}
     parts = split(units(ctx, counts), plan.run.max_partition_size)
     rows = [PartitionRow(p.partition_id, p.model, p.dataset, p.key_hash, p.key_json, "{}", p.start, p.end, p.cost,
                          p.n_gpus if (devices or plan.run.runner == "slurm") else 0, plan.run.max_attempts)

@@ -77,7 +77,7 @@ def _resolved_to_dict(r: Resolved) -> dict:
         return {**asdict(m), "folder": str(m.folder)}
 
     def ref(d: DataRef) -> dict:
-        return {"path": str(d.path), "sha256": d.sha256, "source": d.source}
+        return {"path": str(d.path), "sha256": d.sha256, "source": d.source, "parts": [list(x) for x in d.parts]}
 
     return {"models": {k: lm(v) for k, v in r.models.items()},
             "tokenizers": {k: lm(v) for k, v in r.tokenizers.items()},
@@ -90,7 +90,7 @@ def _resolved_from_dict(d: dict) -> Resolved:
         return LocalModel(x["load_path"], x["revision"], Path(x["folder"]), x["fingerprint"], x["trust_remote_code"])
 
     def ref(x: dict) -> DataRef:
-        return DataRef(Path(x["path"]), x["sha256"], x["source"])
+        return DataRef(Path(x["path"]), x["sha256"], x["source"], tuple(tuple(p) for p in x.get("parts", ())))
 
     return Resolved({k: lm(v) for k, v in d["models"].items()}, {k: lm(v) for k, v in d["tokenizers"].items()},
                     {k: ref(v) for k, v in d["datasets"].items()}, {k: ref(v) for k, v in d["fewshot"].items()})

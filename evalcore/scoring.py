@@ -8,28 +8,67 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from . import metrics
-from .tasks import Task
+from .benchmarks.definition import Task
+from .benchmarks.rows import Requests
 
 
-def score_ll(task: Task, row: dict, index: int, prompt: str, choices: list[str], logprobs: list[float],
-             greedy: list[bool]) -> dict:
-    gold = task.target(row)
-    pred, pred_norm = metrics.choose(logprobs, choices)
-    rec = {"index": index, "prompt": prompt, "choices": choices,
-           "continuations": [task.target_delimiter + c for c in choices], "logprobs": logprobs,
-           "greedy": greedy, "pred": pred, "pred_norm": pred_norm, "gold": gold,
-           "metrics": metrics.mc_scores(logprobs, choices, gold)}
+def score_ll(task: Task, row: dict, index: int, reqs: Requests, logprobs: list[float], greedy: list[bool]) -> dict:
+    """A multiple-choice row (one request per choice, or per context in the multiple-input form)."""
+    requests = _ll_requests(reqs, logprobs, greedy)
+    gold = reqs.gold
+    if task.metric == "lmeval":
+        from .benchmarks.lmeval_scoring import score_multiple_choice
+
+        rec_metrics, pred = score_multiple_choice(task, reqs, logprobs, greedy)
+    else:
+        pred = metrics.choose(logprobs, list(reqs.choices))[0]
+        rec_metrics = metrics.mc_scores(logprobs, list(reqs.choices), list(gold) if isinstance(gold, tuple) else gold)
+    rec = {"index": index, "requests": requests, "gold": list(gold) if isinstance(gold, tuple) else gold,
+           "pred": pred, "metrics": rec_metrics}
     if task.group:
         rec["group"] = task.group(row)
     return rec
 
 
-def score_gen(task: Task, row: dict, index: int, prompt: str, generation: str, *,
+def score_loglik(task: Task, row: dict, index: int, reqs: Requests, logprobs: list[float], greedy: list[bool],
+                 n_tokens: list[int] | None = None) -> dict:
+    """`loglikelihood` (one continuation) and `loglikelihood_rolling` (a whole text) rows."""
+    from .benchmarks.lmeval_scoring import score_loglikelihood
+
+    requests = _ll_requests(reqs, logprobs, greedy)
+    rec = {"index": index, "requests": requests, "gold": reqs.continuations[0],
+           "metrics": score_loglikelihood(task, reqs, logprobs[0], greedy[0])}
+    if task.group:
+        rec["group"] = task.group(row)
+    return rec
+
+
+def _ll_requests(reqs: Requests, logprobs: list[float], greedy: list[bool]) -> list[dict]:
+    pairs = ([(c, reqs.continuations[0]) for c in reqs.contexts] if len(reqs.contexts) > 1
+             else [(reqs.contexts[0], k) for k in reqs.continuations])
+    if len(pairs) != len(logprobs):
+        raise ValueError(f"{len(logprobs)} log-likelihoods for {len(pairs)} requests")
+    return [{"context": c, "continuation": k, "loglikelihood": lp, "greedy": bool(g)}
+            for (c, k), lp, g in zip(pairs, logprobs, greedy, strict=True)]
+
+
+def score_gen(task: Task, row: dict, index: int, reqs: Requests, generation: str, *,
               allow_code_execution: bool = False) -> dict:
-    gold = task.target(row)
-    rec = {"index": index, "prompt": prompt, "generation": generation, "gold": gold}
-    if task.metric == "gsm8k":
-        rec["pred"] = metrics.regex_filter(generation, metrics.GSM8K_STRICT_REGEX)
+    gold = reqs.gold
+    prompt = reqs.contexts[0]
+    request = {"context": prompt, "generation": generation}
+    rec = {"index": index, "requests": [request], "gold": list(gold) if isinstance(gold, tuple) else gold}
+    if task.metric == "lmeval":
+        from .benchmarks.lmeval_scoring import score_generation
+
+        filtered, rec["metrics"] = score_generation(task, generation, gold)
+        request["filtered"] = filtered
+        rec["pred"] = next(iter(filtered.values())) if filtered else generation
+    elif task.metric == "gsm8k":
+        strict = metrics.regex_filter(generation, metrics.GSM8K_STRICT_REGEX)
+        request["filtered"] = {"strict-match": strict,
+                               "flexible-extract": metrics.regex_filter(generation, metrics.GSM8K_FLEXIBLE_REGEX, group_select=-1)}
+        rec["pred"] = strict
         rec["metrics"] = metrics.gsm8k_scores(generation, gold)
     elif task.metric == "bbh":
         rec["pred"] = generation.strip()
@@ -38,6 +77,7 @@ def score_gen(task: Task, row: dict, index: int, prompt: str, generation: str, *
         letters = task.extra[0] if task.extra else "ABCD"
         m = re.search(f"[{letters}]", generation)
         rec["pred"] = m.group(0) if m else ""
+        request["filtered"] = {"letter": rec["pred"]}
         rec["metrics"] = {"accuracy": float(rec["pred"] == gold)}
     elif task.metric == "humaneval":
         from .sandbox import check_humaneval
@@ -48,7 +88,10 @@ def score_gen(task: Task, row: dict, index: int, prompt: str, generation: str, *
         rec["metrics"] = {"pass@1": float(result.passed)}
     else:
         rec["pred"] = generation.strip()
+        request["filtered"] = {"strip": rec["pred"]}
         rec["metrics"] = {"exact_match": metrics.exact_match(generation.strip(), str(gold).strip())}
+    if task.group:
+        rec["group"] = task.group(row)
     return rec
 
 
