@@ -50,6 +50,14 @@ def resolve(spec: DatasetSpec, split: str | None = None, index: Index | None = N
         digest = hashlib.sha256("".join(f"{c}:{r.sha256}\n" for c, r in refs).encode()).hexdigest()
         source = refs[0][1].source.split(" ")[0] + f" {len(refs)} configs/{split}"
         return DataRef(refs[0][1].path, digest, source, tuple((c, str(r.path), r.sha256) for c, r in refs))
+    if spec.data_files:  # an lm-eval task file's local data_files: one file per split
+        if split not in spec.data_files:
+            raise MissingArtefact(f"dataset {spec.abbr}: the task file has no data file for split {split!r} "
+                                  f"(data_files: {', '.join(spec.data_files)})")
+        p = Path(spec.data_files[split])
+        if not p.is_file():
+            raise MissingArtefact(f"dataset {spec.abbr}: local file {p} does not exist")
+        return DataRef(p, sha256_file(p), str(p))
     if is_local(spec.path):
         p = Path(spec.path).expanduser()
         if not p.is_file():

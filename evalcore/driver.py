@@ -35,8 +35,10 @@ class Outcome:
 
 def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None] = print):
     """Preflight and partitions for a new run; returns (context, partition rows)."""
+    from .benchmarks.taskfile import bind
     from .offline import go_offline
 
+    plan = bind(validate(plan))  # lm-eval task names -> their files and data (groups expanded)
     validate(plan)
     if plan.run.offline:
         go_offline()
@@ -80,6 +82,7 @@ def start(plan: Plan, argv: list[str], *, log: Callable[[str], None] = print):
     from .ledger import Ledger
 
     ctx, rows = prepare(plan, log=log)
+    plan = ctx.plan  # as bound: lm-eval task files resolved
     ctx.save()
     with Ledger(ctx.ledger_path, create=True) as ledger:
         ledger.create_run(ctx.run_id, str(ctx.run_dir.parent), plan_to_json(plan), argv, rows, now=time.time())
@@ -153,7 +156,35 @@ def finalize(ctx, ledger) -> None:
             if "macro" in agg:
                 rows.append({"model_key": model, "dataset_key": dataset, "metric": f"{metric}_macro",
                              "value": agg["macro"], "stderr": None, "n": agg["n"]})
+    rows += group_results(ctx.plan, rows)
     ledger.put_results(ctx.run_id, rows)
+
+
+def group_results(plan, rows: list[dict]) -> list[dict]:
+    """lm-eval group aggregates (aggregate_metric_list: weight_by_size, mean) over the member
+    tasks' results, per model; a group is scored only when every member is."""
+    from .metrics import aggregate_subtask_metrics
+
+    members: dict[str, list] = {}
+    for d in plan.datasets:
+        for g, agg in d.groups.items():
+            members.setdefault(g, [agg, []])[1].append(d.abbr)
+    have = {(r["model_key"], r["dataset_key"], r["metric"]): r for r in rows}
+    out = []
+    for g, (agg, names) in members.items():
+        for m in plan.models:
+            for spec in agg:
+                filters = spec.get("filter_list") or ["none"]
+                for f in [filters] if isinstance(filters, str) else filters:
+                    metric = spec["metric"] if f == "none" else f"{spec['metric']},{f}"
+                    got = [have.get((m.name, n, metric)) for n in names]
+                    if any(x is None for x in got):
+                        continue
+                    value = aggregate_subtask_metrics([x["value"] for x in got], [x["n"] for x in got],
+                                                      weight_by_size=bool(spec.get("weight_by_size", True)))
+                    out.append({"model_key": m.name, "dataset_key": g, "metric": metric, "value": value,
+                                "stderr": None, "n": sum(x["n"] for x in got)})
+    return out
 
 
 def find_run(ref: str | None, work_dir: str = "outputs") -> Path:

@@ -78,6 +78,7 @@ class DatasetSpec:
     allow_code_execution: bool = False
     task_file: str | None = None  # task = "lmeval": the lm-eval YAML (found in include_path)
     groups: Mapping = field(default_factory=_empty)  # lm-eval group name -> its aggregate_metric_list
+    data_files: Mapping = field(default_factory=_empty)  # task files with local data: split -> file
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def _names(cls) -> set[str]:
 
 
 MODEL_KEYS = _names(ModelSpec) | {"hf_path"}
-DATASET_KEYS = (_names(DatasetSpec) - {"task", "task_file", "groups"}) | {"name", "task"}
+DATASET_KEYS = (_names(DatasetSpec) - {"task", "task_file", "groups", "data_files"}) | {"name", "task"}
 RUN_KEYS = _names(RunSettings)
 
 
@@ -282,7 +283,8 @@ def _literal(raw: str):
 
 
 def with_overrides(plan: Plan, *, model: Mapping | None = None, model_overrides: Mapping | None = None,
-                   datasets: list[str] | None = None, run: Mapping | None = None) -> Plan:
+                   datasets: list[str] | None = None, run: Mapping | None = None,
+                   tasks: list[str] | None = None) -> Plan:
     """Apply command-line flags: `model` (from --hf-path ...) replaces the plan's models;
     `model_overrides` (--batch-size, --max-out-len, ...) apply to every model; `datasets`
     (--datasets NAME...) replaces the datasets; `run` overrides [run] settings."""
@@ -296,6 +298,8 @@ def with_overrides(plan: Plan, *, model: Mapping | None = None, model_overrides:
     if datasets:
         _check_dataset_names([{"name": n} for n in datasets])
         ds = tuple(_dataset({"name": n}, f"--datasets {n}") for n in datasets)
+    if tasks:  # --tasks NAME...: lm-eval task files (with --datasets, both run)
+        ds = (ds if datasets else ()) + tuple(_dataset({"task": n}, f"--tasks {n}") for n in tasks)
     settings = plan.run
     if run:
         _check_keys(run, RUN_KEYS, "command line")
@@ -338,7 +342,9 @@ def plan_sources(plan: Plan, include=(), exclude=(), trust_remote_code=False) ->
             if path and not is_local(path):
                 out.append(Source("model", path, rev or "main", None, tuple(include), tuple(exclude),
                                   trust_remote_code or m.trust_remote_code))
-    for d in plan.datasets:
+    from .benchmarks.taskfile import bind
+
+    for d in bind(plan).datasets:  # lm-eval task files name their hub datasets
         if not is_local(d.path):
             out.append(Source("dataset", d.path, d.revision or "main", None, (), (), False))
     return list(dict.fromkeys(out))
@@ -379,6 +385,7 @@ def plan_from_json(text: str) -> Plan:
             if d.get(k) is not None:
                 d[k] = MappingProxyType(d[k])
         d["groups"] = MappingProxyType(d.get("groups", {}))
+        d["data_files"] = MappingProxyType(d.get("data_files", {}))
         return DatasetSpec(**d)
 
     run = dict(doc["run"])

@@ -3,6 +3,7 @@ sample record stored in the ledger, and from sample records to the summary. Pure
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable
@@ -97,19 +98,40 @@ def score_gen(task: Task, row: dict, index: int, reqs: Requests, generation: str
 
 def aggregate(samples: Iterable[dict]) -> dict[str, dict]:
     """metric -> {"value", "stderr", "n"} over sample records; grouped tasks (MMLU) also get
-    per-group values and both averages (micro is what lm-eval reports for mmlu)."""
-    values: dict[str, list[float]] = defaultdict(list)
+    per-group values and both averages (micro is what lm-eval reports for mmlu). Perplexities
+    aggregate as lm-eval does (lm_eval/api/metrics.py: `perplexity` = exp(-mean ll),
+    `weighted_perplexity` = exp(-sum ll / sum weight), `bits_per_byte` = -sum ll / sum bytes / ln 2)."""
+    values: dict[str, list] = defaultdict(list)
     groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for s in samples:
         for name, v in s["metrics"].items():
-            values[name].append(float(v))
-            if "group" in s:
+            values[name].append(v if isinstance(v, list) else float(v))
+            if "group" in s and not isinstance(v, list):
                 groups[name][s["group"]].append(float(v))
     out: dict[str, dict] = {}
     for name, vals in values.items():
+        if name in PERPLEXITIES:
+            out[name] = {"value": PERPLEXITIES[name](vals), "stderr": None, "n": len(vals)}
+            continue
         out[name] = {"value": metrics.mean(vals), "stderr": metrics.mean_stderr(vals), "n": len(vals)}
         if name in groups and len(groups[name]) > 1:
             g = metrics.group_scores(groups[name])
             out[name]["macro"] = g.macro
             out[name]["groups"] = {s.name: s.mean for s in g.subjects}
     return out
+
+
+def _perplexity(vals: list) -> float:
+    return math.exp(-metrics.mean([float(v) for v in vals]))
+
+
+def _weighted_perplexity(vals: list) -> float:
+    return math.exp(-sum(v[0] for v in vals) / sum(v[1] for v in vals))
+
+
+def _bits_per_byte(vals: list) -> float:
+    return -sum(v[0] for v in vals) / sum(v[1] for v in vals) / math.log(2)
+
+
+PERPLEXITIES = {"perplexity": _perplexity, "word_perplexity": _weighted_perplexity,
+                "byte_perplexity": _weighted_perplexity, "bits_per_byte": _bits_per_byte}

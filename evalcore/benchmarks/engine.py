@@ -25,9 +25,17 @@ def _call(fn, row: Row, what: str):
         raise RowError(what, f"{type(exc).__name__}: {exc}") from None
 
 
+def _multiple(task: Task, q) -> bool:
+    """lm-eval's multiple-input form: the "question" is the gold index and the choices are the
+    contexts (lm-eval decides it on the first document; here on each, which agrees on any
+    consistent definition)."""
+    return task.multiple_input or (isinstance(q, int) and not isinstance(q, bool) and task.choices is not None
+                                   and task.mode == "ll")
+
+
 def _text(task: Task, row: Row) -> str | int:
     value = _call(task.text, row, "template")
-    if task.multiple_input:
+    if _multiple(task, value):
         if isinstance(value, bool) or not isinstance(value, int):
             raise RowError("template", f"the multiple-input form needs the gold index from the template, got {value!r}")
         return value
@@ -58,7 +66,7 @@ def _shot_answer(task: Task, ex: Row) -> str | None:
     if task.target_text is not None:
         return _call(task.target_text, ex, "gold")
     gold = _call(task.target, ex, "gold")
-    if isinstance(gold, int) and not isinstance(gold, bool) and task.choices is not None and not task.multiple_input:
+    if isinstance(gold, int) and not isinstance(gold, bool) and task.choices is not None and not _multiple(task, _text(task, ex)):
         opts = _choices(task, ex)
         if not 0 <= gold < len(opts):
             raise RowError("gold", f"few-shot gold index {gold} is outside the {len(opts)} choices")
@@ -73,8 +81,11 @@ def _prefix(task: Task, row: Row, shots: list[Row]) -> str:
     out = out or ""
     for ex in shots:
         q = _text(task, ex)
-        if task.multiple_input:
-            q = _choices(task, ex)[q]
+        if not isinstance(q, str):  # multiple-input: the example's gold context
+            opts = _choices(task, ex)
+            if not 0 <= q < len(opts):
+                raise RowError("template", f"few-shot gold index {q} is outside the {len(opts)} contexts")
+            q = opts[q]
         a = _shot_answer(task, ex)
         if a is None or a == "":
             out += q  # lm-eval: no answer, so neither delimiter
@@ -85,7 +96,10 @@ def _prefix(task: Task, row: Row, shots: list[Row]) -> str:
 
 def build_context(task: Task, row: Row, shots: list[Row]) -> str:
     """lm-eval's fewshot_context for one context: description + labelled examples + the question."""
-    return _prefix(task, row, shots) + _text(task, row)
+    q = _text(task, row)
+    if not isinstance(q, str):
+        raise RowError("template", "a multiple-input row has one context per choice (use requests_for)")
+    return _prefix(task, row, shots) + q
 
 
 def gold_index(gold, opts: list[str]) -> int | tuple[int, ...]:
@@ -125,15 +139,16 @@ def requests_for(task: Task, row: Row, shots: list[Row]) -> Requests:
     """Everything one row sends to the model, with its gold; RowError names what is wrong."""
     if task.mode == "ll":
         prefix = _prefix(task, row, shots)
-        if task.multiple_input:
-            g = _text(task, row)
+        q = _text(task, row)
+        if not isinstance(q, str):
+            g = q
             ctxs = _choices(task, row)
             cont = _call(task.target, row, "continuation")
             if not isinstance(cont, str):
                 raise RowError("continuation", f"the shared continuation must be text, got {cont!r}")
             return Requests(tuple(prefix + c for c in ctxs), (task.target_delimiter + cont,), tuple(ctxs),
                             gold_index(g, ctxs))
-        ctx = prefix + _text(task, row)
+        ctx = prefix + q
         opts = _choices(task, row)
         gold = gold_index(_call(task.target, row, "gold"), opts)
         return Requests((ctx,), tuple(task.target_delimiter + c for c in opts), tuple(opts), gold)
