@@ -36,7 +36,9 @@ def task_for(spec: DatasetSpec) -> Task:
         from .benchmarks.taskfile import task_from_spec
 
         return task_from_spec(spec)
-    base = BUILTIN.get(spec.task)
+    from .benchmarks.registry import canonical
+
+    base = BUILTIN.get(canonical(spec.task))
     if base is None:
         raise PlanError(f"no built-in task {spec.task!r}")
     where = f"dataset {spec.abbr} (built-in {spec.task})"

@@ -95,9 +95,9 @@ def test_only_selected_rows_are_checked(tmp_path):
 def test_all_unknown_names_at_once_with_the_closest(tmp_path):
     env = clean_env(HF_HOME=str(tmp_path / "hf"), EVALCORE_STATE_DIR=str(tmp_path / "state"))
     work = tmp_path / "outputs"
-    r = run_cli("evalcore", "eval", "--hf-path", "s", "--datasets", "arc_easy_ppl", "arc_easyppl", "gsm8k",
+    r = run_cli("evalcore", "eval", "--hf-path", "s", "--datasets", "arc_easy_ppl", "arc_easyppl", "gsm_gen",
                 "siqa_gen", "mmlu", "--work-dir", work, env=env)
-    assert_refused(r, work, "'arc_easyppl' (closest built-in: arc_easy_ppl)", "'gsm8k' (closest built-in: gsm8k_gen)",
+    assert_refused(r, work, "'arc_easyppl' (closest built-in: arc_easy_ppl)", "'gsm_gen' (closest built-in: gsm8k_gen)",
                    "'mmlu' (closest built-in: mmlu_ppl)")
 
 
@@ -191,3 +191,36 @@ def test_bbh_resolves_every_config_of_the_real_hub_layout(tmp_path):
     rows = data.load_rows(ref)
     assert len(ref.parts) == 27 and len(rows) == 54
     assert task_for(parse_plan({"datasets": [{"name": "bbh_gen"}]}).datasets[0]).group(rows[-1]) == "word_sorting"
+
+
+def test_new_builtins_are_one_entry_each_and_equal_the_task_file_prompts():
+    """hellaswag/winogrande/boolq/commonsense_qa built in (lm-eval names as aliases); their
+    requests equal those of the lm-eval-style task files on the same real rows."""
+    from evalcore.benchmarks.engine import fewshot_rows, prepare_rows
+    from evalcore.benchmarks.taskfile import bind
+    from evalcore.data import load_rows, resolve
+    from tests.conftest import ROOT
+
+    files = ROOT / "scripts" / "crosscheck_tasks" / "files"
+    plan = bind(parse_plan({"run": {"include_path": [str(files)]}, "models": [{"path": "m"}],
+                            "datasets": [{"task": "xf_hellaswag"}, {"task": "xf_boolq"}, {"task": "xf_winogrande"}]}))
+    for spec, name, adapt in ((plan.datasets[0], "hellaswag", lambda r: r),
+                              (plan.datasets[1], "boolq", lambda r: {**r, "label": int(r["answer"])})):
+        xf = task_for(spec)
+        ours = task_for(parse_plan({"datasets": [{"name": name}]}).datasets[0])
+        raw = load_rows(resolve(spec))
+        a, b = prepare_rows(xf, raw), prepare_rows(ours, [adapt(r) for r in raw])
+        for i in range(len(a)):
+            assert requests_for(xf, a[i], []) == requests_for(ours, b[i], []), (name, i)
+    wg = task_for(parse_plan({"datasets": [{"name": "winogrande"}]}).datasets[0])
+    assert wg.name == "winogrande_ppl" and wg.hub.config == "winogrande_xl"
+    xf = task_for(plan.datasets[2])
+    rows = load_rows(resolve(plan.datasets[2]))
+    ref = requests_for(xf, rows[0], fewshot_rows(xf, rows, rows[0], 0))
+    got = requests_for(wg, rows[0], [])
+    assert got.gold == ref.gold == 1 and got.continuations == ref.continuations
+    assert [c.split("\n\n")[-1] for c in ref.contexts] == list(got.contexts)
+    cs = task_for(parse_plan({"datasets": [{"name": "commonsenseqa_ppl"}]}).datasets[0])
+    row = {"question": " Where? ", "choices": {"label": list("ABCDE"), "text": list("vwxyz")}, "answerKey": "C"}
+    got = requests_for(cs, row, [])
+    assert got.contexts == ("Question: Where?\nA. v\nB. w\nC. x\nD. y\nE. z\nAnswer:",) and got.gold == 2

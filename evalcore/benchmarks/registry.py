@@ -7,13 +7,18 @@ import difflib
 from collections.abc import Iterable
 
 from ..errors import PlanError
-from .builtin import BUILTIN
+from .builtin import ALIASES, BUILTIN
 from .definition import Task
+
+
+def canonical(name: str) -> str:
+    """A built-in's own name for a name or an lm-eval alias (`hellaswag` -> `hellaswag_ppl`)."""
+    return ALIASES.get(name, name)
 
 
 def builtin(name: str) -> Task:
     try:
-        return BUILTIN[name]
+        return BUILTIN[canonical(name)]
     except KeyError:
         raise PlanError(unknown_message([name])) from None
 
@@ -33,7 +38,7 @@ def unknown_message(names: Iterable[str]) -> str:
 
 def check_names(names: Iterable[str]) -> None:
     """Raise one PlanError naming every unknown built-in name, each with its closest match."""
-    unknown = [n for n in dict.fromkeys(names) if n not in BUILTIN]
+    unknown = [n for n in dict.fromkeys(names) if canonical(n) not in BUILTIN]
     if unknown:
         raise PlanError(unknown_message(unknown),
                         hint=f"built-in names: {', '.join(sorted(BUILTIN))}; or give path (your own data), "
