@@ -152,3 +152,31 @@ def test_needs_names_the_hub_datasets_of_task_files(tmp_path):
     assert r.returncode == 0, r.stderr
     assert [line.split() for line in r.stdout.splitlines()[:2]] == [["dataset", "allenai/winogrande@main"],
                                                                     ["dataset", "ybisk/piqa@main"]]
+
+
+def test_loglikelihood_and_rolling_task_files(tmp_path):
+    inc = tmp_path / "tasks"
+    inc.mkdir()
+    data = tmp_path / "texts.jsonl"
+    data.write_text('{"text": "The cat sat on the mat.", "prefix": "The cat", "rest": " sat on the mat."}\n'
+                    '{"text": "A second short line of text here.", "prefix": "A second", "rest": " short line"}\n')
+    common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+    (inc / "roll.yaml").write_text("task: my_roll\noutput_type: loglikelihood_rolling\n" + common +
+                                   "doc_to_text: ''\ndoc_to_target: '{{ text }}'\n")
+    (inc / "ll.yaml").write_text("task: my_ll\noutput_type: loglikelihood\n" + common +
+                                 "doc_to_text: '{{ prefix }}'\ndoc_to_target: '{{ rest }}'\n")
+    r, work = run_tasks(tmp_path, inc, "my_roll", "my_ll")
+    assert r.returncode == 0, r.stderr
+    run_dir = Path(r.stdout.splitlines()[0].split(": ", 1)[1])
+    env = clean_env(HF_HOME=str(tmp_path / "hf"))
+    table = json.loads(run_cli("evalcore", "report", run_dir, "--format", "json", env=env).stdout)
+    got = {(row["dataset"], row["metric"]) for row in table}
+    assert got == {("my_roll", "word_perplexity"), ("my_roll", "byte_perplexity"), ("my_roll", "bits_per_byte"),
+                   ("my_ll", "perplexity"), ("my_ll", "acc")}
+    out = tmp_path / "s.jsonl"
+    assert run_cli("evalcore", "report", run_dir, "--samples", out, env=env).returncode == 0
+    recs = {(x["dataset"], x["index"]): x for x in map(json.loads, out.read_text().splitlines())}
+    assert recs[("my_roll", 0)]["requests"][0]["continuation"] == "The cat sat on the mat."
+    assert recs[("my_roll", 0)]["metrics"]["word_perplexity"][1] == 6
+    assert recs[("my_ll", 1)]["requests"][0]["context"] == "A second"
+    assert recs[("my_ll", 1)]["requests"][0]["continuation"] == " short line"
