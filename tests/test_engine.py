@@ -246,7 +246,7 @@ def test_bad_plan_and_flags(tmp_path, env):
     r = run_cli("evalcore", "eval", plan, env=env)
     assert r.returncode == 2 and "unknown key(s) colour" in r.stderr
     r = run_cli("evalcore", "eval", "--hf-path", "x", "--datasets", "no_such_set", env=env)
-    assert r.returncode == 2 and "unknown dataset name 'no_such_set'" in r.stderr
+    assert r.returncode == 2 and "unknown dataset name(s): 'no_such_set'" in r.stderr
     r = run_cli("evalcore", "eval", "--hf-path", "x", "--datasets", "arc_easy_ppl", "--batch-size", "many", env=env)
     assert r.returncode == 2 and "--batch-size must be an integer or 'auto'" in r.stderr
 
