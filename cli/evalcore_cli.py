@@ -122,8 +122,30 @@ def _plan_from(plan_file, flags):
                           datasets=list(flags["datasets"]) or None, run=run, tasks=list(flags["tasks"]) or None)
     if model and overrides:
         plan = with_overrides(plan, model_overrides=overrides)
+    if flags["max_out_len"] is not None:
+        plan = _max_out_len_on_generation_sets(plan, flags["max_out_len"])
     assert isinstance(plan, Plan)
     return plan
+
+
+def _max_out_len_on_generation_sets(plan, n: int):
+    """--max-out-len takes effect on every generation set, built-ins with their own length
+    included (a model setting alone would lose to the benchmark's); scoring sets generate nothing."""
+    from evalcore.benchmarks.registry import builtin
+    from evalcore.benchmarks.taskfile import bind
+    from evalcore.benchmarks.yamlfile import load_yaml
+    from evalcore.plan import Plan, replace
+
+    def generates(d) -> bool:
+        if d.task == "custom":
+            return d.mode == "gen"
+        if d.task == "lmeval":
+            return (load_yaml(d.task_file, resolve=False).get("output_type") or "generate_until") == "generate_until"
+        return builtin(d.task).mode == "gen"
+
+    plan = bind(plan)  # task files: their output type decides
+
+    return Plan(plan.models, tuple(replace(d, max_out_len=n) if generates(d) else d for d in plan.datasets), plan.run)
 
 
 def _int(value: str, flag: str) -> int:

@@ -139,14 +139,19 @@ def test_greedy_generation_matches_lm_eval(model):
 XF_FILES = ROOT / "scripts" / "crosscheck_tasks" / "files"
 
 
+def _xf_plan(*names: str):
+    from evalcore.benchmarks.taskfile import bind
+
+    return bind(parse_plan({"run": {"include_path": [str(XF_FILES)]}, "models": [{"abbr": "m", "path": "m"}],
+                            "datasets": [{"task": n} for n in names]}))
+
+
 def _xf_datasets(*names: str):
     """The bound datasets of the xf_* task files, with their tasks, rows and few-shot pools."""
     from evalcore.benchmarks.engine import prepare_rows
-    from evalcore.benchmarks.taskfile import bind
     from evalcore.data import load_rows, resolve
 
-    plan = bind(parse_plan({"run": {"include_path": [str(XF_FILES)]}, "models": [{"path": "m"}],
-                            "datasets": [{"task": n} for n in names]}))
+    plan = _xf_plan(*names)
     out = []
     for spec in plan.datasets:
         task = task_for(spec)
@@ -175,7 +180,7 @@ def test_task_file_multiple_choice_matches_lm_eval(model):
             built.append(req)
             expected.append((lm_task, i, task, req, ref))
     assert len(built) == 160
-    worst = 0.0
+    worst, per_task = 0.0, {}
     for (lm_task, i, task, req, ref), (lps, greedy) in zip(expected, loglikelihoods(backend, built), strict=True):
         for r, lp, g in zip(ref, lps, greedy, strict=True):
             worst = max(worst, abs(lp - r["loglikelihood"]))
@@ -184,7 +189,19 @@ def test_task_file_multiple_choice_matches_lm_eval(model):
         for metric in ("acc", "acc_norm"):
             if metric in ref[0]:
                 assert ours[metric] == ref[0][metric], f"{lm_task} doc {i}: {metric} differs"
+        per_task.setdefault(lm_task, []).append(ours)
     assert worst < 1e-4, worst
+    # the group aggregate, as evalcore's finalize computes it (aggregate_metric_list, weight_by_size)
+    from evalcore.driver import group_results
+    from evalcore.scoring import aggregate
+
+    plan = _xf_plan("xf_suite")
+    rows = [{"model_key": "m", "dataset_key": t, "metric": k, "value": v["value"], "n": v["n"]}
+            for t, recs in per_task.items() for k, v in aggregate({"metrics": r} for r in recs).items()]
+    (group,) = group_results(plan, rows)
+    summary = json.loads((XC / name / "summary.json").read_text())["tasks"]["xf_suite"]
+    assert group["dataset_key"] == "xf_suite" and group["metric"] == "acc" and group["n"] == 160
+    assert abs(group["value"] - summary["metrics"]["acc,none"]) < 1e-12
 
 
 @pytest.mark.slow

@@ -180,3 +180,33 @@ def test_loglikelihood_and_rolling_task_files(tmp_path):
     assert recs[("my_roll", 0)]["metrics"]["word_perplexity"][1] == 6
     assert recs[("my_ll", 1)]["requests"][0]["context"] == "A second"
     assert recs[("my_ll", 1)]["requests"][0]["continuation"] == " short line"
+
+
+def test_overrides_on_task_files_take_effect_or_are_refused(tmp_path):
+    from evalcore.errors import PlanError
+
+    def task(name: str, **kw):
+        plan = bind(parse_plan({"run": {"include_path": [str(FILES)]}, "models": [{"path": "s", "backend": "scripted"}],
+                                "datasets": [{"task": name, **kw}]}))
+        return task_for(plan.datasets[0])
+
+    assert task("xf_winogrande").fewshot == 2 and task("xf_winogrande", fewshot=0).fewshot == 0
+    assert task("xf_boolq_gen", max_out_len=3).max_out_len == 3
+    with pytest.raises(PlanError, match="'template' cannot be changed on a task file"):
+        task("xf_boolq", template="{{ question }}")
+    with pytest.raises(PlanError, match="'max_out_len' applies to generate_until tasks only"):
+        task("xf_boolq", max_out_len=3)
+    work = tmp_path / "out"
+    plan = tmp_path / "plan.toml"
+    plan.write_text(f'[run]\nwork_dir = "{work}"\n' + SCRIPTED)
+    env = clean_env(HF_HOME=str(tmp_path / "hf"), EVALCORE_STATE_DIR=str(tmp_path / "state"))
+    r = run_cli("evalcore", "eval", plan, "--include-path", FILES, "--tasks", "xf_boolq_gen", "xf_boolq",
+                "--datasets", "gsm8k_gen", "--max-out-len", "5", env=env)
+    assert r.returncode == 4 and "openai/gsm8k" in r.stderr  # gsm8k is not installed; the flag itself was taken
+    from cli.evalcore_cli import _max_out_len_on_generation_sets
+
+    p = _max_out_len_on_generation_sets(parse_plan({"run": {"include_path": [str(FILES)]},
+                                                    "datasets": [{"task": "xf_boolq_gen"}, {"task": "xf_boolq"},
+                                                                 {"name": "gsm8k_gen"}, {"name": "piqa_ppl"}]}), 5)
+    assert [d.max_out_len for d in p.datasets] == [5, None, 5, None]
+    assert task_for(p.datasets[0]).max_out_len == 5 and task_for(p.datasets[2]).max_out_len == 5

@@ -255,9 +255,35 @@ class _ProcessDocs:
 
 
 def task_from_spec(spec) -> Task:
+    """The Task of a bound task-file dataset, with the plan's overrides: `fewshot` (as lm-eval's
+    --num_fewshot, 0 included), `max_out_len` and `stop` (generation); any key that would
+    reshape the prompt is refused."""
+    from ..errors import PlanError
+    from ..tasks import _FIXED_ON_BUILTIN
+
     path = Path(spec.task_file)
-    cfg = load_yaml(path)
-    return task_from_config(cfg, path, spec)
+    task = task_from_config(load_yaml(path), path, spec)
+    where = f"dataset {spec.abbr} (lm-eval task file {path})"
+    for key in _FIXED_ON_BUILTIN:
+        if getattr(spec, key) is not None:
+            raise PlanError(f"{where}: '{key}' cannot be changed on a task file; edit the file instead")
+    kw: dict = {}
+    if spec.fewshot is not None:
+        if spec.fewshot < 0:
+            raise PlanError(f"{where}: 'fewshot' must be >= 0")
+        kw["fewshot"] = spec.fewshot
+    for key in ("max_out_len", "stop"):
+        value = getattr(spec, key)
+        if value is None:
+            continue
+        if task.mode != "gen":
+            raise PlanError(f"{where}: '{key}' applies to generate_until tasks only")
+        if key == "max_out_len" and value < 1:
+            raise PlanError(f"{where}: 'max_out_len' must be >= 1")
+        kw[key] = tuple(value) if key == "stop" else value
+    if spec.fewshot_split is not None:
+        raise PlanError(f"{where}: 'fewshot_split' cannot be changed on a task file; edit the file instead")
+    return replace(task, **kw) if kw else task
 
 
 def _err(path: Path, key: str, why: str) -> TaskFileError:
