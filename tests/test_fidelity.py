@@ -168,9 +168,10 @@ def test_task_file_multiple_choice_matches_lm_eval(model):
 
     name, backend = model
     refs = reference(name, "xf_suite")
+    n = 40 if name == "tiny" else 10  # SmolLM2 scores 520 long requests in minutes on 2 CPU cores
     built, expected = [], []
     for lm_task, task, rows in _xf_datasets("xf_suite"):
-        for i, row in enumerate(rows):
+        for i, row in enumerate(rows[:n]):
             ref = refs[(lm_task, i)]
             req = requests_for(task, row, fewshot_rows(task, rows, row, i))
             pairs = ([(c, req.continuations[0]) for c in req.contexts] if len(req.contexts) > 1
@@ -179,7 +180,7 @@ def test_task_file_multiple_choice_matches_lm_eval(model):
             assert [p[1] for p in pairs] == [r["continuation"] for r in ref], f"{lm_task} doc {i}: continuations differ"
             built.append(req)
             expected.append((lm_task, i, task, req, ref))
-    assert len(built) == 160
+    assert len(built) == 4 * n
     worst, per_task = 0.0, {}
     for (lm_task, i, task, req, ref), (lps, greedy) in zip(expected, loglikelihoods(backend, built), strict=True):
         for r, lp, g in zip(ref, lps, greedy, strict=True):
@@ -191,6 +192,8 @@ def test_task_file_multiple_choice_matches_lm_eval(model):
                 assert ours[metric] == ref[0][metric], f"{lm_task} doc {i}: {metric} differs"
         per_task.setdefault(lm_task, []).append(ours)
     assert worst < 1e-4, worst
+    if n < 40:
+        return
     # the group aggregate, as evalcore's finalize computes it (aggregate_metric_list, weight_by_size)
     from evalcore.driver import group_results
     from evalcore.scoring import aggregate
