@@ -54,7 +54,11 @@ class RunContext:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(exist_ok=True)
         doc = {"run_id": self.run_id, "plan": json.loads(plan_to_json(self.plan)),
-               "resolved": _resolved_to_dict(self.resolved)}
+               "resolved": _resolved_to_dict(self.resolved),
+               # each benchmark's definition: where it came from, its version, and the task-file
+               # keys accepted without changing a score (metadata, should_decontaminate, ...)
+               "benchmarks": {abbr: {"source": t.source, "version": t.version, "recorded": dict(t.recorded)}
+                              for abbr, t in self.tasks().items()}}
         tmp = self.run_dir / ".run.json.tmp"
         tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
         os.replace(tmp, self.run_dir / "run.json")

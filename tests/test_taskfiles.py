@@ -93,6 +93,10 @@ def test_task_files_run_end_to_end_with_a_group_and_filters(tmp_path):
     assert set(gen[0]["requests"][0]["filtered"]) == {"get-answer", "raw"}
     wino = next(x for x in recs if x["dataset"] == "xf_winogrande")
     assert len(wino["requests"]) == 2 and len({q["continuation"] for q in wino["requests"]}) == 1
+    recorded = json.loads((run_dir / "run.json").read_text())["benchmarks"]["xf_winogrande"]
+    assert recorded["source"].endswith("winogrande.yaml")
+    assert recorded["recorded"] == {"metadata": {"version": 1.0}, "should_decontaminate": True,
+                                    "doc_to_decontamination_query": "sentence"}
 
 
 def copy_files(tmp_path: Path) -> Path:
