@@ -9,7 +9,7 @@ import click
 
 from .common import handle_errors
 
-NARGS = {"--model-kwargs", "--tokenizer-kwargs", "--datasets"}
+NARGS = {"--model-kwargs", "--tokenizer-kwargs", "--datasets", "--tasks"}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -45,6 +45,8 @@ def _run_flags(fn):
         click.option("--no-batch-padding", is_flag=True, default=None, help="Run samples one at a time (no padding effects)."),
         click.option("--chat-template", is_flag=True, default=None, help="Wrap generation prompts in the tokenizer's chat template."),
         click.option("--datasets", multiple=True, metavar="NAME...", help="Built-in datasets (arc_easy_ppl, gsm8k_gen, ...). Replaces the plan's."),
+        click.option("--tasks", multiple=True, metavar="NAME...", help="lm-eval task, group or tag names from --include-path task files. Replaces the plan's (with --datasets: both)."),
+        click.option("--include-path", "include_path", multiple=True, metavar="DIR", help="A folder of lm-eval 0.4 task YAML files (repeatable)."),
         click.option("--max-num-workers", type=int, help="Worker processes (model instances) at once."),
         click.option("--max-workers-per-gpu", "--max-num-workers-per-gpu", "max_workers_per_gpu", type=int, help="Workers sharing one GPU."),
         click.option("--max-partition-size", type=int, help="Largest partition, in cost units (samples x choices; x20 for generation)."),
@@ -76,6 +78,7 @@ def eval_(plan_file, **flags) -> None:
       evalcore eval plan.toml --limit 100 --max-num-workers 2
       evalcore eval --hf-path ./my-checkpoint --model-kwargs torch_dtype=float32 \\
                     --datasets arc_easy_ppl siqa_gen --batch-size 8 --no-batch-padding
+      evalcore eval --hf-path ./my-checkpoint --include-path my_tasks/ --tasks hellaswag winogrande
     """
     from evalcore import driver
 
@@ -116,12 +119,36 @@ def _plan_from(plan_file, flags):
     run = {k: flags[k] for k in ("max_num_workers", "max_workers_per_gpu", "max_partition_size", "work_dir",
                                  "limit", "offline", "runner", "lease_seconds", "unsafe_allow_weak_sandbox")
            if flags[k] is not None}
+    if flags["include_path"]:
+        run["include_path"] = [str(Path(p).expanduser().resolve()) for p in flags["include_path"]]
     plan = with_overrides(plan, model=model, model_overrides=overrides if (overrides and not model) else None,
-                          datasets=list(flags["datasets"]) or None, run=run)
+                          datasets=list(flags["datasets"]) or None, run=run, tasks=list(flags["tasks"]) or None)
     if model and overrides:
         plan = with_overrides(plan, model_overrides=overrides)
+    if flags["max_out_len"] is not None:
+        plan = _max_out_len_on_generation_sets(plan, flags["max_out_len"])
     assert isinstance(plan, Plan)
     return plan
+
+
+def _max_out_len_on_generation_sets(plan, n: int):
+    """--max-out-len takes effect on every generation set, built-ins with their own length
+    included (a model setting alone would lose to the benchmark's); scoring sets generate nothing."""
+    from evalcore.benchmarks.registry import builtin
+    from evalcore.benchmarks.taskfile import bind
+    from evalcore.benchmarks.yamlfile import load_yaml
+    from evalcore.plan import Plan, replace
+
+    def generates(d) -> bool:
+        if d.task == "custom":
+            return d.mode == "gen"
+        if d.task == "lmeval":
+            return (load_yaml(d.task_file, resolve=False).get("output_type") or "generate_until") == "generate_until"
+        return builtin(d.task).mode == "gen"
+
+    plan = bind(plan)  # task files: their output type decides
+
+    return Plan(plan.models, tuple(replace(d, max_out_len=n) if generates(d) else d for d in plan.datasets), plan.run)
 
 
 def _int(value: str, flag: str) -> int:
@@ -180,8 +207,9 @@ def _summary(ctx, ledger, fmt: str) -> str:
     tasks = ctx.tasks()
     rows = report.summary_rows(ledger.results(ctx.run_id), ledger.partitions(ctx.run_id),
                                {d: t.version for d, t in tasks.items()},
-                               {d: "ppl" if t.mode == "ll" else "gen" for d, t in tasks.items()},
-                               [m.name for m in ctx.plan.models], [d.abbr for d in ctx.plan.datasets])
+                               {d: {"ll": "ppl", "gen": "gen"}.get(t.mode, t.mode) for d, t in tasks.items()},
+                               [m.name for m in ctx.plan.models],
+                               [d.abbr for d in ctx.plan.datasets] + list(dict.fromkeys(g for d in ctx.plan.datasets for g in d.groups)))
     notes = report_notes(ctx.security)
     if notes and fmt in ("csv", "json"):  # keep machine formats parseable
         click.echo("\n".join(notes), err=True)

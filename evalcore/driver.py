@@ -34,12 +34,14 @@ class Outcome:
 
 def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None] = print):
     """Preflight and partitions for a new run; returns (context, partition rows)."""
+    from .benchmarks.taskfile import bind
     from .offline import go_offline
 
+    plan = bind(validate(plan))  # lm-eval task names -> their files and data (groups expanded)
     validate(plan)
     if plan.run.offline:
         go_offline()
-    from . import data
+    from .benchmarks.validate import dry_run
     from .gpus import discover_gpus
     from .ledger import PartitionRow
     from .partition import split
@@ -64,9 +66,9 @@ def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None]
     for line in describe(security):
         log(line)
     resolved = resolve_plan(plan, tasks)
+    counts = dry_run(plan, tasks, resolved)  # every selected row becomes its requests, before any model loads
     run_id = run_id or new_run_id()
     ctx = RunContext(run_id, check_run_dir(plan.run.work_dir, run_id), plan, resolved, security)
-    counts = {abbr: data.count_rows(ref) for abbr, ref in resolved.datasets.items()}
     parts = split(units(ctx, counts), plan.run.max_partition_size)
     rows = [PartitionRow(p.partition_id, p.model, p.dataset, p.key_hash, p.key_json, "{}", p.start, p.end, p.cost,
                          p.n_gpus if (devices or plan.run.runner == "slurm") else 0, plan.run.max_attempts)
@@ -84,6 +86,7 @@ def start(plan: Plan, argv: list[str], *, log: Callable[[str], None] = print):
     from .ledger import Ledger
 
     ctx, rows = prepare(plan, log=log)
+    plan = ctx.plan  # as bound: lm-eval task files resolved
     ctx.save()
     with Ledger(ctx.ledger_path, create=True) as ledger:
         ledger.create_run(ctx.run_id, str(ctx.run_dir.parent), plan_to_json(plan), argv, rows, now=time.time())
@@ -137,11 +140,10 @@ def execute(ctx, *, on_progress=None) -> Outcome:
 def finalize(ctx, ledger) -> None:
     """Aggregate the samples of every model x dataset whose partitions are all done."""
     from .samples import by_unit
-    from .scoring import result_rows
+    from .scoring import run_result_rows
 
-    rows = [r for (model, dataset), samples in by_unit(ledger, ctx.run_id).items()
-            for r in result_rows(model, dataset, samples)]
-    ledger.put_results(ctx.run_id, rows, now=time.time())
+    units = by_unit(ledger, ctx.run_id)
+    ledger.put_results(ctx.run_id, run_result_rows(ctx.plan, units), now=time.time())
 
 
 def find_run(ref: str | None, work_dir: str = "outputs") -> Path:

@@ -52,25 +52,33 @@ class ModelSpec:
 @dataclass(frozen=True)
 class DatasetSpec:
     abbr: str
-    task: str  # a built-in task name (arc_easy_ppl, ...) or "custom"
+    task: str  # a built-in task name (arc_easy_ppl, ...), "custom" (the plan's own), or "lmeval" (a task file)
     path: str  # hub dataset repo id, or a local .jsonl/.json/.csv/.parquet file
     config: str | None = None
     split: str = "test"
     revision: str | None = None
     limit: int | None = None
-    # user-defined sets (task = "custom"):
+    # user-defined sets (task = "custom"); None = not given (refused on a built-in, see tasks.task_for):
     mode: str | None = None  # "ll" (log-likelihood over choices) or "gen" (generation)
-    template: str | None = None  # Python str.format template over the row's fields
-    choices: tuple[str, ...] | str | None = None  # a list of templates, or the name of a list field
-    label: str | None = None  # field holding the gold: index, letter or text
-    target_delimiter: str = " "
-    fewshot: int = 0
+    template: str | None = None  # Jinja2 template over the row's fields (lm-eval's environment)
+    choices: tuple[str, ...] | str | None = None  # a list of templates, a list field, or a template giving a list
+    label: str | None = None  # field holding the gold: index or the choice's text (see label_map)
+    label_map: Mapping | None = None  # raw label -> index or choice text ("1" = 0, true = 1, ...)
+    gold: str | int | None = None  # instead of label: a constant index, or a template (digits = an index)
+    contexts: tuple[str, ...] | str | None = None  # multiple-input form: one context per choice ...
+    continuation: str | None = None  # ... and the continuation scored after each
+    description: str | None = None  # template put before the few-shot examples
+    target_delimiter: str | None = None  # default " "
+    fewshot: int | None = None  # None = the benchmark's own; 0 is a value
     fewshot_split: str | None = None
-    fewshot_delimiter: str = "\n\n"
-    stop: tuple[str, ...] = ()
+    fewshot_delimiter: str | None = None  # default "\n\n"
+    stop: tuple[str, ...] | None = None
     metric: str | None = None  # acc | exact_match | gsm8k | bbh
     max_out_len: int | None = None
     allow_code_execution: bool = False
+    task_file: str | None = None  # task = "lmeval": the lm-eval YAML (found in include_path)
+    groups: Mapping = field(default_factory=_empty)  # lm-eval group name -> its aggregate_metric_list
+    data_files: Mapping = field(default_factory=_empty)  # task files with local data: split -> file
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,7 @@ class RunSettings:
     lease_seconds: float = 60.0
     max_attempts: int = 3
     threads: int | None = None
+    include_path: tuple[str, ...] = ()  # folders of lm-eval task files ([[datasets]] task = "NAME", --tasks)
     reload_per_partition: bool = False  # OpenCompass's policy (a fresh model for every task): for comparisons
     unsafe_allow_weak_sandbox: bool = False  # run generated code under the Python guard where no OS sandbox exists
     slurm: Mapping = field(default_factory=_empty)  # partition, qos, time, extra_args (see the Slurm runner)
@@ -102,7 +111,7 @@ def _names(cls) -> set[str]:
 
 
 MODEL_KEYS = _names(ModelSpec) | {"hf_path"}
-DATASET_KEYS = (_names(DatasetSpec) - {"task"}) | {"name"}
+DATASET_KEYS = (_names(DatasetSpec) - {"task", "task_file", "groups", "data_files"}) | {"name", "task"}
 RUN_KEYS = _names(RunSettings)
 
 
@@ -133,10 +142,18 @@ def _typed(cls, values: Mapping, where: str):
             if not isinstance(v, Mapping):
                 raise PlanError(f"{where}: '{k}' must be a table of key = value, got {v!r}")
             v = MappingProxyType(dict(v))
-        if k in ("stop",) and isinstance(v, list):
+        if t == "tuple[str, ...]" and not isinstance(v, (list, tuple)):
+            raise PlanError(f"{where}: '{k}' must be a list of strings, got {v!r}")
+        if t.startswith("tuple") and isinstance(v, list):
+            if not all(isinstance(x, str) for x in v):
+                raise PlanError(f"{where}: '{k}' must be a list of strings, got {v!r}")
             v = tuple(v)
-        if k == "choices" and isinstance(v, list):
-            v = tuple(v)
+        if k == "label_map":
+            if not isinstance(v, Mapping) or not v:
+                raise PlanError(f"{where}: 'label_map' must be a table of raw label = index or choice text, got {v!r}")
+            v = MappingProxyType(dict(v))
+        if k == "gold" and (isinstance(v, bool) or not isinstance(v, (int, str))):
+            raise PlanError(f"{where}: 'gold' must be an index or a template, got {v!r}")
         out[k] = v
     try:
         obj = cls(**out)
@@ -166,6 +183,13 @@ def _dataset(d: Mapping, where: str) -> DatasetSpec:
     _check_keys(d, DATASET_KEYS, where)
     d = dict(d)
     name = d.pop("name", None)
+    task_name = d.pop("task", None)
+    if task_name is not None:  # an lm-eval task file, found in [run] include_path (see benchmarks.taskfile)
+        if name is not None or "path" in d:
+            raise PlanError(f"{where}: 'task' (an lm-eval task file) goes without 'name' or 'path'")
+        if not isinstance(task_name, str) or not task_name:
+            raise PlanError(f"{where}: 'task' must be an lm-eval task name")
+        return _typed(DatasetSpec, {"abbr": task_name, "task": "lmeval", "path": "", **d}, where)
     if name is not None and "path" not in d:
         ref = lookup(name)
         base = {"abbr": name, "task": name, "path": ref.repo_id, "config": ref.config, "split": ref.split}
@@ -173,18 +197,26 @@ def _dataset(d: Mapping, where: str) -> DatasetSpec:
             base["fewshot_split"] = ref.fewshot_split
         return _typed(DatasetSpec, {**base, **d}, where)
     if "path" not in d:
-        raise PlanError(f"{where} needs 'name' (a built-in dataset) or 'path' (your own data)")
+        raise PlanError(f"{where} needs 'name' (a built-in dataset), 'path' (your own data) or 'task' (an lm-eval task file)")
     d.setdefault("abbr", name or Path(d["path"]).stem)
     spec = _typed(DatasetSpec, {"task": "custom", **d}, where)
     if spec.mode not in ("ll", "gen"):
         raise PlanError(f"{where}: a user-defined dataset needs mode = \"ll\" or \"gen\"")
-    if not spec.template:
-        raise PlanError(f"{where}: a user-defined dataset needs a 'template'")
-    if spec.mode == "ll" and not spec.choices:
+    if not spec.template and spec.contexts is None:
+        raise PlanError(f"{where}: a user-defined dataset needs a 'template' (or 'contexts', one per choice)")
+    if spec.mode == "ll" and not spec.choices and spec.contexts is None:
         raise PlanError(f"{where}: mode \"ll\" needs 'choices'")
-    if not spec.label:
-        raise PlanError(f"{where}: a user-defined dataset needs 'label' (the field with the gold answer)")
+    if spec.label is None and spec.gold is None:
+        raise PlanError(f"{where}: a user-defined dataset needs 'label' (the field with the gold answer) or 'gold'")
     return spec
+
+
+def _check_dataset_names(entries) -> None:
+    """Every unknown built-in name at once, each with its closest built-in."""
+    from .benchmarks.registry import check_names
+
+    check_names([d["name"] for d in entries if isinstance(d, Mapping) and isinstance(d.get("name"), str)
+                 and "path" not in d and "task" not in d])
 
 
 def parse_plan(doc: Mapping, where: str = "plan") -> Plan:
@@ -192,6 +224,7 @@ def parse_plan(doc: Mapping, where: str = "plan") -> Plan:
     _check_keys(doc.get("run", {}), RUN_KEYS, f"{where}: [run]")
     run = _typed(RunSettings, doc.get("run", {}), f"{where}: [run]")
     models = tuple(_model(m, f"{where}: models[{i}]") for i, m in enumerate(doc.get("models", [])))
+    _check_dataset_names(doc.get("datasets", []))
     datasets = tuple(_dataset(d, f"{where}: datasets[{i}]") for i, d in enumerate(doc.get("datasets", [])))
     return Plan(models, datasets, run)
 
@@ -217,8 +250,10 @@ def _relative_to(plan: Plan, base: Path) -> Plan:
         return str(candidate) if (path.startswith(".") or candidate.exists()) else path
 
     models = tuple(replace(m, path=fix(m.path), tokenizer_path=fix(m.tokenizer_path)) for m in plan.models)
-    datasets = tuple(replace(d, path=fix(d.path)) for d in plan.datasets)
-    return Plan(models, datasets, plan.run)
+    datasets = tuple(replace(d, path=fix(d.path)) if d.task != "lmeval" else d for d in plan.datasets)
+    run = replace(plan.run, include_path=tuple(str(base / p) if not Path(p).expanduser().is_absolute() else p
+                                               for p in plan.run.include_path))
+    return Plan(models, datasets, run)
 
 
 def parse_kwargs(items: tuple[str, ...] | list[str], what: str) -> dict:
@@ -249,7 +284,8 @@ def _literal(raw: str):
 
 
 def with_overrides(plan: Plan, *, model: Mapping | None = None, model_overrides: Mapping | None = None,
-                   datasets: list[str] | None = None, run: Mapping | None = None) -> Plan:
+                   datasets: list[str] | None = None, run: Mapping | None = None,
+                   tasks: list[str] | None = None) -> Plan:
     """Apply command-line flags: `model` (from --hf-path ...) replaces the plan's models;
     `model_overrides` (--batch-size, --max-out-len, ...) apply to every model; `datasets`
     (--datasets NAME...) replaces the datasets; `run` overrides [run] settings."""
@@ -261,7 +297,10 @@ def with_overrides(plan: Plan, *, model: Mapping | None = None, model_overrides:
         models = tuple(_model({**_as_dict(m), **model_overrides}, "command line") for m in models)
     ds = plan.datasets
     if datasets:
+        _check_dataset_names([{"name": n} for n in datasets])
         ds = tuple(_dataset({"name": n}, f"--datasets {n}") for n in datasets)
+    if tasks:  # --tasks NAME...: lm-eval task files (with --datasets, both run)
+        ds = (ds if datasets else ()) + tuple(_dataset({"task": n}, f"--tasks {n}") for n in tasks)
     settings = plan.run
     if run:
         _check_keys(run, RUN_KEYS, "command line")
@@ -304,7 +343,9 @@ def plan_sources(plan: Plan, include=(), exclude=(), trust_remote_code=False) ->
             if path and not is_local(path):
                 out.append(Source("model", path, rev or "main", None, tuple(include), tuple(exclude),
                                   trust_remote_code or m.trust_remote_code))
-    for d in plan.datasets:
+    from .benchmarks.taskfile import bind
+
+    for d in bind(plan).datasets:  # lm-eval task files name their hub datasets
         if not is_local(d.path):
             out.append(Source("dataset", d.path, d.revision or "main", None, (), (), False))
     return list(dict.fromkeys(out))
@@ -345,14 +386,19 @@ def plan_from_json(text: str) -> Plan:
 
     def dataset(d):
         d = dict(d)
-        for k in ("stop",):
-            d[k] = tuple(d[k])
-        if isinstance(d.get("choices"), list):
-            d["choices"] = tuple(d["choices"])
+        for k in ("stop", "choices", "contexts"):
+            if isinstance(d.get(k), list):
+                d[k] = tuple(d[k])
+        for k in ("label_map",):
+            if d.get(k) is not None:
+                d[k] = MappingProxyType(d[k])
+        d["groups"] = MappingProxyType(d.get("groups", {}))
+        d["data_files"] = MappingProxyType(d.get("data_files", {}))
         return DatasetSpec(**d)
 
     run = dict(doc["run"])
     run["slurm"] = MappingProxyType(run.get("slurm", {}))
+    run["include_path"] = tuple(run.get("include_path", ()))
     return Plan(tuple(model(m) for m in doc["models"]), tuple(dataset(d) for d in doc["datasets"]),
                 RunSettings(**run))
 

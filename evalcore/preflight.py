@@ -142,12 +142,14 @@ def resolve_plan(plan: Plan, tasks: dict[str, object], index: Index | None = Non
             if tk:
                 tokenizers[m.name] = tk
     for d in plan.datasets:
-        ref = attempt(lambda d=d: data.resolve(d, index=index), d.abbr, hub_datasets, _with_rev(d.path, d.revision))
+        task = tasks[d.abbr]
+        configs = task.hub.configs if getattr(task, "hub", None) is not None else ()
+        ref = attempt(lambda d=d, c=configs: data.resolve(d, index=index, configs=c), d.abbr, hub_datasets,
+                      _with_rev(d.path, d.revision))
         if ref:
             datasets[d.abbr] = ref
-        task = tasks[d.abbr]
         if ref and getattr(task, "fewshot", 0) and getattr(task, "fewshot_split", None):
-            fs = attempt(lambda d=d, t=task: data.resolve(d, split=t.fewshot_split, index=index), d.abbr,
+            fs = attempt(lambda d=d, t=task, c=configs: data.resolve(d, split=t.fewshot_split, index=index, configs=c), d.abbr,
                          hub_datasets, _with_rev(d.path, d.revision))
             if fs:
                 fewshot[d.abbr] = fs

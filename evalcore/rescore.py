@@ -217,17 +217,16 @@ def rescore_run(ctx, ledger, metric_names: Sequence[str] = (), filter_name: str 
     """Rescore every finished model x dataset of a run into a new results version.
     Returns (version, the units skipped because they did not finish)."""
     from .samples import by_unit, complete_units
-    from .scoring import result_rows
+    from .scoring import run_result_rows
 
     tasks = ctx.tasks()
     choices = choose(tasks, metric_names, filter_name, datasets)
     parts = ledger.partitions(ctx.run_id)
     done = complete_units(parts)
     skipped = sorted({(p["model_key"], p["dataset_key"]) for p in parts} - done)
-    rows = []
-    for (model, dataset), recs in by_unit(ledger, ctx.run_id).items():
-        task, choice = tasks[dataset], choices[dataset]
-        rows += result_rows(model, dataset, (rescore_record(r, task, choice) for r in recs))
+    units = {(model, dataset): [rescore_record(r, tasks[dataset], choices[dataset]) for r in recs]
+             for (model, dataset), recs in by_unit(ledger, ctx.run_id).items()}
+    rows = run_result_rows(ctx.plan, units)
     if not rows:
         raise PlanError(f"run {ctx.run_id} has no finished model x dataset to rescore",
                         hint=f"finish it first: evalcore resume {ctx.run_dir}")

@@ -55,7 +55,11 @@ class RunContext:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(exist_ok=True)
         doc = {"run_id": self.run_id, "plan": json.loads(plan_to_json(self.plan)),
-               "resolved": _resolved_to_dict(self.resolved), "security": self.security}
+               "resolved": _resolved_to_dict(self.resolved), "security": self.security,
+               # each benchmark's definition: where it came from, its version, and the task-file
+               # keys accepted without changing a score (metadata, should_decontaminate, ...)
+               "benchmarks": {abbr: {"source": t.source, "version": t.version, "recorded": dict(t.recorded)}
+                              for abbr, t in self.tasks().items()}}
         tmp = self.run_dir / ".run.json.tmp"
         tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
         os.replace(tmp, self.run_dir / "run.json")
@@ -78,7 +82,7 @@ def _resolved_to_dict(r: Resolved) -> dict:
         return {**asdict(m), "folder": str(m.folder)}
 
     def ref(d: DataRef) -> dict:
-        return {"path": str(d.path), "sha256": d.sha256, "source": d.source}
+        return {"path": str(d.path), "sha256": d.sha256, "source": d.source, "parts": [list(x) for x in d.parts]}
 
     return {"models": {k: lm(v) for k, v in r.models.items()},
             "tokenizers": {k: lm(v) for k, v in r.tokenizers.items()},
@@ -91,7 +95,7 @@ def _resolved_from_dict(d: dict) -> Resolved:
         return LocalModel(x["load_path"], x["revision"], Path(x["folder"]), x["fingerprint"], x["trust_remote_code"])
 
     def ref(x: dict) -> DataRef:
-        return DataRef(Path(x["path"]), x["sha256"], x["source"])
+        return DataRef(Path(x["path"]), x["sha256"], x["source"], tuple(tuple(p) for p in x.get("parts", ())))
 
     return Resolved({k: lm(v) for k, v in d["models"].items()}, {k: lm(v) for k, v in d["tokenizers"].items()},
                     {k: ref(v) for k, v in d["datasets"].items()}, {k: ref(v) for k, v in d["fewshot"].items()})

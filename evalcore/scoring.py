@@ -3,33 +3,73 @@ sample record stored in the ledger, and from sample records to the summary. Pure
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from . import metrics
-from .tasks import Task
+from .benchmarks.definition import Task
+from .benchmarks.rows import Requests
 
 
-def score_ll(task: Task, row: dict, index: int, prompt: str, choices: list[str], logprobs: list[float],
-             greedy: list[bool]) -> dict:
-    gold = task.target(row)
-    pred, pred_norm = metrics.choose(logprobs, choices)
-    rec = {"index": index, "prompt": prompt, "choices": choices,
-           "continuations": [task.target_delimiter + c for c in choices], "logprobs": logprobs,
-           "greedy": greedy, "pred": pred, "pred_norm": pred_norm, "gold": gold,
-           "metrics": metrics.mc_scores(logprobs, choices, gold)}
+def score_ll(task: Task, row: dict, index: int, reqs: Requests, logprobs: list[float], greedy: list[bool]) -> dict:
+    """A multiple-choice row (one request per choice, or per context in the multiple-input form)."""
+    requests = _ll_requests(reqs, logprobs, greedy)
+    gold = reqs.gold
+    if task.metric == "lmeval":
+        from .benchmarks.lmeval_scoring import score_multiple_choice
+
+        rec_metrics, pred = score_multiple_choice(task, reqs, logprobs, greedy)
+    else:
+        pred = metrics.choose(logprobs, list(reqs.choices))[0]
+        rec_metrics = metrics.mc_scores(logprobs, list(reqs.choices), list(gold) if isinstance(gold, tuple) else gold)
+    rec = {"index": index, "requests": requests, "gold": list(gold) if isinstance(gold, tuple) else gold,
+           "pred": pred, "metrics": rec_metrics}
     if task.group:
         rec["group"] = task.group(row)
     return rec
 
 
-def score_gen(task: Task, row: dict, index: int, prompt: str, generation: str, *,
+def score_loglik(task: Task, row: dict, index: int, reqs: Requests, logprobs: list[float], greedy: list[bool],
+                 n_tokens: list[int] | None = None) -> dict:
+    """`loglikelihood` (one continuation) and `loglikelihood_rolling` (a whole text) rows."""
+    from .benchmarks.lmeval_scoring import score_loglikelihood
+
+    requests = _ll_requests(reqs, logprobs, greedy)
+    rec = {"index": index, "requests": requests, "gold": reqs.continuations[0],
+           "metrics": score_loglikelihood(task, reqs, logprobs[0], greedy[0])}
+    if task.group:
+        rec["group"] = task.group(row)
+    return rec
+
+
+def _ll_requests(reqs: Requests, logprobs: list[float], greedy: list[bool]) -> list[dict]:
+    pairs = ([(c, reqs.continuations[0]) for c in reqs.contexts] if len(reqs.contexts) > 1
+             else [(reqs.contexts[0], k) for k in reqs.continuations])
+    if len(pairs) != len(logprobs):
+        raise ValueError(f"{len(logprobs)} log-likelihoods for {len(pairs)} requests")
+    return [{"context": c, "continuation": k, "loglikelihood": lp, "greedy": bool(g)}
+            for (c, k), lp, g in zip(pairs, logprobs, greedy, strict=True)]
+
+
+def score_gen(task: Task, row: dict, index: int, reqs: Requests, generation: str, *,
               allow_code_execution: bool = False, code_sandbox: str = "namespaces") -> dict:
-    gold = task.target(row)
-    rec = {"index": index, "prompt": prompt, "generation": generation, "gold": gold}
-    if task.metric == "gsm8k":
-        rec["pred"] = metrics.regex_filter(generation, metrics.GSM8K_STRICT_REGEX)
+    gold = reqs.gold
+    prompt = reqs.contexts[0]
+    request = {"context": prompt, "generation": generation}
+    rec = {"index": index, "requests": [request], "gold": list(gold) if isinstance(gold, tuple) else gold}
+    if task.metric == "lmeval":
+        from .benchmarks.lmeval_scoring import score_generation
+
+        filtered, rec["metrics"] = score_generation(task, generation, gold)
+        request["filtered"] = filtered
+        rec["pred"] = next(iter(filtered.values())) if filtered else generation
+    elif task.metric == "gsm8k":
+        strict = metrics.regex_filter(generation, metrics.GSM8K_STRICT_REGEX)
+        request["filtered"] = {"strict-match": strict,
+                               "flexible-extract": metrics.regex_filter(generation, metrics.GSM8K_FLEXIBLE_REGEX, group_select=-1)}
+        rec["pred"] = strict
         rec["metrics"] = metrics.gsm8k_scores(generation, gold)
     elif task.metric == "bbh":
         rec["pred"] = generation.strip()
@@ -38,6 +78,7 @@ def score_gen(task: Task, row: dict, index: int, prompt: str, generation: str, *
         letters = task.extra[0] if task.extra else "ABCD"
         m = re.search(f"[{letters}]", generation)
         rec["pred"] = m.group(0) if m else ""
+        request["filtered"] = {"letter": rec["pred"]}
         rec["metrics"] = {"accuracy": float(rec["pred"] == gold)}
     elif task.metric == "humaneval":
         from .sandbox import check_humaneval
@@ -48,22 +89,30 @@ def score_gen(task: Task, row: dict, index: int, prompt: str, generation: str, *
         rec["metrics"] = {"pass@1": float(result.passed)}
     else:
         rec["pred"] = generation.strip()
+        request["filtered"] = {"strip": rec["pred"]}
         rec["metrics"] = {"exact_match": metrics.exact_match(generation.strip(), str(gold).strip())}
+    if task.group:
+        rec["group"] = task.group(row)
     return rec
 
 
 def aggregate(samples: Iterable[dict]) -> dict[str, dict]:
     """metric -> {"value", "stderr", "n"} over sample records; grouped tasks (MMLU) also get
-    per-group values and both averages (micro is what lm-eval reports for mmlu)."""
-    values: dict[str, list[float]] = defaultdict(list)
+    per-group values and both averages (micro is what lm-eval reports for mmlu). Perplexities
+    aggregate as lm-eval does (lm_eval/api/metrics.py: `perplexity` = exp(-mean ll),
+    `weighted_perplexity` = exp(-sum ll / sum weight), `bits_per_byte` = -sum ll / sum bytes / ln 2)."""
+    values: dict[str, list] = defaultdict(list)
     groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for s in samples:
         for name, v in s["metrics"].items():
-            values[name].append(float(v))
-            if "group" in s:
+            values[name].append(v if isinstance(v, list) else float(v))
+            if "group" in s and not isinstance(v, list):
                 groups[name][s["group"]].append(float(v))
     out: dict[str, dict] = {}
     for name, vals in values.items():
+        if name in PERPLEXITIES:
+            out[name] = {"value": PERPLEXITIES[name](vals), "stderr": None, "n": len(vals)}
+            continue
         out[name] = {"value": metrics.mean(vals), "stderr": metrics.mean_stderr(vals), "n": len(vals)}
         if name in groups and len(groups[name]) > 1:
             g = metrics.group_scores(groups[name])
@@ -86,3 +135,53 @@ def result_rows(model: str, dataset: str, samples: Iterable[dict]) -> list[dict]
         for group, st in agg.get("group_stats", {}).items():
             rows.append({**base, "subtask": group, "metric": metric, **st})
     return rows
+
+
+def _perplexity(vals: list) -> float:
+    return math.exp(-metrics.mean([float(v) for v in vals]))
+
+
+def _weighted_perplexity(vals: list) -> float:
+    return math.exp(-sum(v[0] for v in vals) / sum(v[1] for v in vals))
+
+
+def _bits_per_byte(vals: list) -> float:
+    return -sum(v[0] for v in vals) / sum(v[1] for v in vals) / math.log(2)
+
+
+PERPLEXITIES = {"perplexity": _perplexity, "word_perplexity": _weighted_perplexity,
+                "byte_perplexity": _weighted_perplexity, "bits_per_byte": _bits_per_byte}
+
+
+def group_rows(plan, rows: list[dict]) -> list[dict]:
+    """lm-eval group aggregates (aggregate_metric_list: weight_by_size, mean) over the member
+    tasks' results, per model; a group is scored only when every member is. `rows` are the
+    tasks' own rows (no subtask rows)."""
+    members: dict[str, list] = {}
+    for d in plan.datasets:
+        for g, agg in d.groups.items():
+            members.setdefault(g, [agg, []])[1].append(d.abbr)
+    have = {(r["model_key"], r["dataset_key"], r["metric"]): r for r in rows}
+    out = []
+    for g, (agg, names) in members.items():
+        for m in plan.models:
+            for spec in agg:
+                filters = spec.get("filter_list") or ["none"]
+                for f in [filters] if isinstance(filters, str) else filters:
+                    metric = spec["metric"] if f == "none" else f"{spec['metric']},{f}"
+                    got = [have.get((m.name, n, metric)) for n in names]
+                    if any(x is None for x in got):
+                        continue
+                    value = metrics.aggregate_subtask_metrics([x["value"] for x in got], [x["n"] for x in got],
+                                                      weight_by_size=bool(spec.get("weight_by_size", True)))
+                    out.append({"model_key": m.name, "dataset_key": g, "metric": metric, "value": value,
+                                "stderr": None, "n": sum(x["n"] for x in got)})
+    return out
+
+
+def run_result_rows(plan, units: Mapping[tuple[str, str], Iterable[dict]]) -> list[dict]:
+    """Every result row of a run from its finished units' sample records: each unit's rows
+    (`result_rows`) and the lm-eval group aggregates over them. `eval` and `rescore` both
+    compute results with this."""
+    rows = [r for (model, dataset), samples in units.items() for r in result_rows(model, dataset, samples)]
+    return rows + group_rows(plan, [r for r in rows if not r.get("subtask")])

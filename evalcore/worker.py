@@ -221,15 +221,17 @@ class Worker:
 
         key = (abbr, which)
         if key not in self._rows:
+            from .benchmarks.engine import prepare_rows
+
             ref = (self.ctx.resolved.datasets if which == "eval" else self.ctx.resolved.fewshot)[abbr]
-            self._rows[key] = load_rows(ref)
+            self._rows[key] = prepare_rows(self.tasks[abbr], load_rows(ref))
         return self._rows[key]
 
     def _run_partition(self, claim) -> None:
-        from .backends.base import GenRequest, LoglikRequest
+        from .backends.base import GenRequest
+        from .benchmarks.engine import fewshot_rows, requests_for
         from .runctx import effective_max_out_len
-        from .scoring import score_gen, score_ll
-        from .tasks import build_context, fewshot_rows
+        from .scoring import score_gen, score_ll, score_loglik
 
         slow = False
         for kind, target in _faults():
@@ -251,22 +253,46 @@ class Worker:
             if slow:
                 time.sleep(0.3)
             idx = todo[start:start + chunk]
-            contexts = [build_context(task, rows[i], fewshot_rows(task, pool, rows[i], i)) for i in idx]
-            if task.mode == "ll":
-                choices = [task.choices(rows[i]) for i in idx]
-                reqs = [LoglikRequest(c, tuple(task.target_delimiter + x for x in ch)) for c, ch in zip(contexts, choices, strict=True)]
-                results = self.backend.loglikelihood(reqs)
-                recs = [score_ll(task, rows[i], i, c, ch, list(r.logprobs), list(r.greedy))
-                        for i, c, ch, r in zip(idx, contexts, choices, results, strict=True)]
-            else:
+            built = [requests_for(task, rows[i], fewshot_rows(task, pool, rows[i], i)) for i in idx]
+            if task.mode == "gen":
                 max_new = effective_max_out_len(spec, task)
-                gens = self.backend.generate([GenRequest(c, max_new, task.stop) for c in contexts])
-                recs = [score_gen(task, rows[i], i, c, g, allow_code_execution=dspec.allow_code_execution,
+                gens = self.backend.generate([GenRequest(b.contexts[0], max_new, task.stop) for b in built])
+                recs = [score_gen(task, rows[i], i, b, g, allow_code_execution=dspec.allow_code_execution,
                                   code_sandbox=self.ctx.security.get("code_sandbox", "namespaces"))
-                        for i, c, g in zip(idx, contexts, gens, strict=True)]
+                        for i, b, g in zip(idx, built, gens, strict=True)]
+            else:
+                results = loglikelihoods(self.backend, built)
+                score = score_ll if task.mode == "ll" else score_loglik
+                recs = [score(task, rows[i], i, b, lps, greedy) for i, b, (lps, greedy) in zip(idx, built, results, strict=True)]
             rows_json = [(r["index"], json.dumps(r, ensure_ascii=False)) for r in recs]
             if not self.ledger.add_samples(self.run_id, claim.partition_id, claim.token, rows_json, now=time.time()):
                 raise ClaimLost()
+
+
+def loglikelihoods(backend, built) -> list[tuple[list[float], list[bool]]]:
+    """Score rows' requests in one backend call: one context with its continuations, or (the
+    multiple-input form) one request per context with the shared continuation."""
+    from .backends.base import LoglikRequest
+
+    flat, shape = [], []
+    for b in built:
+        if len(b.contexts) > 1:
+            flat += [LoglikRequest(c, b.continuations) for c in b.contexts]
+            shape.append(len(b.contexts))
+        else:
+            flat.append(LoglikRequest(b.contexts[0], b.continuations))
+            shape.append(0)
+    results = backend.loglikelihood(flat)
+    out, pos = [], 0
+    for n in shape:
+        if n:
+            part = results[pos:pos + n]
+            out.append(([r.logprobs[0] for r in part], [r.greedy[0] for r in part]))
+            pos += n
+        else:
+            out.append((list(results[pos].logprobs), list(results[pos].greedy)))
+            pos += 1
+    return out
 
 
 def chunk_size(spec, mode: str) -> int:

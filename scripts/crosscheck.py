@@ -41,8 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TASKS_DIR = ROOT / "scripts" / "crosscheck_tasks"
 DATA_DIR = TASKS_DIR / "data"
-VENV = ROOT / "build" / "lmeval-venv"
-WORK = ROOT / "build" / "crosscheck"
+VENV = Path(os.environ.get("XC_VENV", ROOT / "build" / "lmeval-venv"))  # where lm-eval is installed
+WORK = Path(os.environ.get("XC_WORK", ROOT / "build" / "crosscheck"))  # lm-eval's raw runs, the tiny model
 OUT = ROOT / "tests" / "crosscheck"
 SMOLLM2_DIR = ROOT / "build" / "models" / "smollm2-135m-instruct"
 TINY_DIR = WORK / "models" / "tiny"
@@ -58,7 +58,11 @@ TASKS = {
     "mmlu": ("xc_mmlu", [f"xc_mmlu_{s}" for s in
                          ("abstract_algebra", "high_school_geography", "nutrition", "philosophy")]),
     "gsm8k": ("xc_gsm8k", ["xc_gsm8k"]),
+    # task files of scripts/crosscheck_tasks/files (read by evalcore's lm-eval task-file reader)
+    "xf_suite": ("xf_suite", ["xf_hellaswag", "xf_winogrande", "xf_boolq", "xf_commonsense_qa"]),
+    "xf_boolq_gen": ("xf_boolq_gen", ["xf_boolq_gen"]),
 }
+GEN_TASKS = {"gsm8k", "xf_boolq_gen"}
 MODELS = {"tiny": TINY_DIR, "smollm2": SMOLLM2_DIR}
 
 
@@ -183,7 +187,7 @@ def request_phase_seconds(log_text: str) -> dict[str, int]:
 
 
 def task_batch_size(task: str, batch_size: int, gen_batch_size: int) -> int:
-    return gen_batch_size if task == "gsm8k" else batch_size
+    return gen_batch_size if task in GEN_TASKS else batch_size
 
 
 def run_lmeval(model: str, task: str, batch_size: int) -> dict:
@@ -251,9 +255,17 @@ def convert_ll(lm_task: str, name: str, samples: Path) -> list[dict]:
             row = {"task": name, "doc": s["doc_id"], "request": j, "n_requests": n,
                    "context": a["arg_0"], "continuation": a["arg_1"],
                    "loglikelihood": float(ll), "is_greedy": parse_bool(greedy),
-                   "gold": int(s["target"]), **metrics}
+                   "gold": _gold(s["target"]), **metrics}
             rows.append(row)
     return rows
+
+
+def _gold(target):
+    """lm-eval logs doc_to_target: an index, or (multiple-input form) the shared continuation."""
+    try:
+        return int(target)
+    except (TypeError, ValueError):
+        return target
 
 
 def convert_gen(lm_task: str, name: str, samples: Path) -> list[dict]:
@@ -277,7 +289,7 @@ def convert(model: str, task: str) -> tuple[list[dict], dict]:
     for lm_sub in TASKS[task][1]:
         samples = find_one(str(out_dir / "*" / f"samples_{lm_sub}_*.jsonl"))
         name = lm_sub.removeprefix("xc_")
-        if task == "gsm8k":
+        if task in GEN_TASKS:
             rows += convert_gen(lm_sub, name, samples)
         else:
             rows += convert_ll(lm_sub, name, samples)

@@ -74,7 +74,8 @@ def test_every_builtin_task_runs_end_to_end(installed, tiny_model_dir):
     d, env = installed
     plan = d / "plan.toml"
     datasets = "".join(f'\n[[datasets]]\nname = "{n}"\nlimit = 3\n' for n in
-                       ("arc_easy_ppl", "piqa_ppl", "siqa_ppl", "siqa_gen", "mmlu_ppl", "gsm8k_gen", "bbh_gen"))
+                       ("arc_easy_ppl", "piqa_ppl", "siqa_ppl", "siqa_gen", "mmlu_ppl", "gsm8k_gen"))
+    datasets += '\n[[datasets]]\nname = "bbh_gen"\nconfig = "boolean_expressions"\nlimit = 3\n'  # one config installed
     datasets += '\n[[datasets]]\nname = "humaneval_gen"\nlimit = 2\nallow_code_execution = true\nmax_out_len = 32\n'
     plan.write_text(f'[run]\nwork_dir = "{d / "outputs"}"\nmax_num_workers = 2\n\n[[models]]\nabbr = "tiny"\n'
                     f'path = "{tiny_model_dir}"\nmax_out_len = 24\nbatch_size = 4\n' + datasets)
@@ -90,7 +91,8 @@ def test_every_builtin_task_runs_end_to_end(installed, tiny_model_dir):
     assert set(by) == {"arc_easy_ppl", "piqa_ppl", "siqa_ppl", "siqa_gen", "mmlu_ppl", "gsm8k_gen", "bbh_gen",
                        "humaneval_gen"}
     assert set(by["gsm8k_gen"][0]["metrics"]) == {"exact_match,strict-match", "exact_match,flexible-extract"}
-    assert by["mmlu_ppl"][0]["group"] == "abstract_algebra" and len(by["piqa_ppl"][0]["logprobs"]) == 2
+    assert by["mmlu_ppl"][0]["group"] == "abstract_algebra" and len(by["piqa_ppl"][0]["requests"]) == 2
+    assert set(by["gsm8k_gen"][0]["requests"][0]) == {"context", "generation", "filtered"}
     assert by["humaneval_gen"][0]["execution"]["status"] in ("passed", "failed", "error", "timeout")
     assert set(by["humaneval_gen"][0]["metrics"]) == {"pass@1"}
     table = run_cli("evalcore", "report", run_dir, "--format", "json", env=env).stdout

@@ -21,9 +21,9 @@ ARC_DATASET = f'''
 abbr = "arc"
 path = "{ARC_JSONL}"
 mode = "ll"
-template = "Question: {{question}}\\nAnswer:"
+template = "Question: {{{{question}}}}\\nAnswer:"
 choices = "choices.text"
-label = "answerKey"
+gold = "{{{{ choices.label.index(answerKey) }}}}"
 '''
 
 
@@ -68,7 +68,7 @@ def sample_rows(run_dir: Path) -> list[tuple]:
 
 
 def logprobs(run_dir: Path) -> dict[int, list[float]]:
-    return {i: json.loads(o)["logprobs"] for _, i, o in sample_rows(run_dir)}
+    return {i: [r["loglikelihood"] for r in json.loads(o)["requests"]] for _, i, o in sample_rows(run_dir)}
 
 
 @pytest.fixture(scope="module")
@@ -222,9 +222,11 @@ def test_report_formats_and_samples(tmp_path, env):
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(lines) == 20
     first = lines[0]
-    for key in ("model", "dataset", "index", "prompt", "continuations", "logprobs", "pred", "gold", "metrics"):
-        assert key in first
-    assert first["prompt"].startswith("Question: ")
+    assert set(first) >= {"model", "dataset", "index", "requests", "gold", "metrics"}
+    assert first["dataset"] == "arc" and isinstance(first["gold"], int) and set(first["metrics"]) == {"acc", "acc_norm"}
+    assert all(set(r) == {"context", "continuation", "loglikelihood", "greedy"} for r in first["requests"])
+    assert first["requests"][0]["context"].startswith("Question: ")
+    assert first["requests"][0]["continuation"].startswith(" ")
 
 
 def test_missing_artefacts_are_listed_at_once(tmp_path, env):
@@ -246,7 +248,7 @@ def test_bad_plan_and_flags(tmp_path, env):
     r = run_cli("evalcore", "eval", plan, env=env)
     assert r.returncode == 2 and "unknown key(s) colour" in r.stderr
     r = run_cli("evalcore", "eval", "--hf-path", "x", "--datasets", "no_such_set", env=env)
-    assert r.returncode == 2 and "unknown dataset name 'no_such_set'" in r.stderr
+    assert r.returncode == 2 and "unknown dataset name(s): 'no_such_set'" in r.stderr
     r = run_cli("evalcore", "eval", "--hf-path", "x", "--datasets", "arc_easy_ppl", "--batch-size", "many", env=env)
     assert r.returncode == 2 and "--batch-size must be an integer or 'auto'" in r.stderr
 

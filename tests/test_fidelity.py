@@ -132,3 +132,99 @@ def test_greedy_generation_matches_lm_eval(model):
         assert metrics.regex_filter(g, metrics.GSM8K_STRICT_REGEX) == ref["strict-match"]["extracted"]
         assert metrics.regex_filter(g, metrics.GSM8K_FLEXIBLE_REGEX, group_select=-1) == \
             ref["flexible-extract"]["extracted"]
+
+
+# -- lm-eval task files read by evalcore (scripts/crosscheck_tasks/files) --------------------------
+
+XF_FILES = ROOT / "scripts" / "crosscheck_tasks" / "files"
+
+
+def _xf_plan(*names: str):
+    from evalcore.benchmarks.taskfile import bind
+
+    return bind(parse_plan({"run": {"include_path": [str(XF_FILES)]}, "models": [{"abbr": "m", "path": "m"}],
+                            "datasets": [{"task": n} for n in names]}))
+
+
+def _xf_datasets(*names: str):
+    """The bound datasets of the xf_* task files, with their tasks, rows and few-shot pools."""
+    from evalcore.benchmarks.engine import prepare_rows
+    from evalcore.data import load_rows, resolve
+
+    plan = _xf_plan(*names)
+    out = []
+    for spec in plan.datasets:
+        task = task_for(spec)
+        rows = prepare_rows(task, load_rows(resolve(spec)))
+        out.append((spec.abbr, task, rows))
+    return out
+
+
+@pytest.mark.slow
+def test_task_file_multiple_choice_matches_lm_eval(model):
+    from evalcore.benchmarks.engine import requests_for
+    from evalcore.benchmarks.lmeval_scoring import score_multiple_choice
+    from evalcore.worker import loglikelihoods
+
+    name, backend = model
+    refs = reference(name, "xf_suite")
+    n = 40 if name == "tiny" else 10  # SmolLM2 scores 520 long requests in minutes on 2 CPU cores
+    built, expected = [], []
+    for lm_task, task, rows in _xf_datasets("xf_suite"):
+        for i, row in enumerate(rows[:n]):
+            ref = refs[(lm_task, i)]
+            req = requests_for(task, row, fewshot_rows(task, rows, row, i))
+            pairs = ([(c, req.continuations[0]) for c in req.contexts] if len(req.contexts) > 1
+                     else [(req.contexts[0], k) for k in req.continuations])
+            assert [p[0] for p in pairs] == [r["context"] for r in ref], f"{lm_task} doc {i}: contexts differ"
+            assert [p[1] for p in pairs] == [r["continuation"] for r in ref], f"{lm_task} doc {i}: continuations differ"
+            built.append(req)
+            expected.append((lm_task, i, task, req, ref))
+    assert len(built) == 4 * n
+    worst, per_task = 0.0, {}
+    for (lm_task, i, task, req, ref), (lps, greedy) in zip(expected, loglikelihoods(backend, built), strict=True):
+        for r, lp, g in zip(ref, lps, greedy, strict=True):
+            worst = max(worst, abs(lp - r["loglikelihood"]))
+            assert g == r["is_greedy"], f"{lm_task} doc {i}: greedy flag differs"
+        ours, _ = score_multiple_choice(task, req, lps, greedy)
+        for metric in ("acc", "acc_norm"):
+            if metric in ref[0]:
+                assert ours[metric] == ref[0][metric], f"{lm_task} doc {i}: {metric} differs"
+        per_task.setdefault(lm_task, []).append(ours)
+    assert worst < 1e-4, worst
+    if n < 40:
+        return
+    # the group aggregate, as evalcore's finalize computes it (aggregate_metric_list, weight_by_size)
+    from evalcore.driver import group_results
+    from evalcore.scoring import aggregate
+
+    plan = _xf_plan("xf_suite")
+    rows = [{"model_key": "m", "dataset_key": t, "metric": k, "value": v["value"], "n": v["n"]}
+            for t, recs in per_task.items() for k, v in aggregate({"metrics": r} for r in recs).items()]
+    (group,) = group_results(plan, rows)
+    summary = json.loads((XC / name / "summary.json").read_text())["tasks"]["xf_suite"]
+    assert group["dataset_key"] == "xf_suite" and group["metric"] == "acc" and group["n"] == 160
+    assert abs(group["value"] - summary["metrics"]["acc,none"]) < 1e-12
+
+
+@pytest.mark.slow
+def test_task_file_filtered_generation_matches_lm_eval(model):
+    from evalcore.backends.base import GenRequest
+    from evalcore.benchmarks.engine import requests_for
+    from evalcore.benchmarks.lmeval_scoring import score_generation
+
+    name, backend = model
+    refs = reference(name, "xf_boolq_gen")
+    (lm_task, task, rows), = _xf_datasets("xf_boolq_gen")
+    n = 40 if name == "tiny" else 12
+    reqs = [requests_for(task, rows[i], []) for i in range(n)]
+    for i, req in enumerate(reqs):
+        assert req.contexts[0] == refs[(lm_task, i)][0]["context"], f"{lm_task} doc {i}: context differs"
+    gens = backend.generate([GenRequest(r.contexts[0], task.max_out_len, task.stop) for r in reqs])
+    for i, (req, g) in enumerate(zip(reqs, gens, strict=True)):
+        ref = refs[(lm_task, i)][0]
+        assert g == ref["generation"], f"{lm_task} doc {i}: generation differs"
+        filtered, scores = score_generation(task, g, req.gold)
+        for f in ("get-answer", "raw"):
+            assert filtered[f] == ref[f]["extracted"], f"{lm_task} doc {i}: filter {f} differs"
+            assert scores[f"exact_match,{f}"] == ref[f]["exact_match"], f"{lm_task} doc {i}: exact_match,{f} differs"

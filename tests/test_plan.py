@@ -54,7 +54,7 @@ def test_opencompass_kwargs_and_nargs():
     ({"models": [{"path": "m", "num_gpus": "two"}]}, "'num_gpus' must be an integer"),
     ({"models": [{"path": "m", "chat_template": "yes"}]}, "must be true or false"),
     ({"models": [{"batch_size": 4}]}, "has no 'path'"),
-    ({"datasets": [{"name": "nope"}]}, "unknown dataset name 'nope'"),
+    ({"datasets": [{"name": "nope"}]}, "unknown dataset name(s): 'nope'"),
     ({"datasets": [{"path": "x.jsonl", "template": "{q}", "label": "a"}]}, 'needs mode = "ll" or "gen"'),
     ({"datasets": [{"path": "x.jsonl", "mode": "ll", "template": "{q}", "label": "a"}]}, "needs 'choices'"),
     ({"models": [{"path": "m", "backend": "vllm"}]}, "unknown backend"),
