@@ -20,13 +20,14 @@ from . import manifest as mf
 ARROW_VERSION = "0.0.0"  # the version datasets gives a builder made from data files
 
 
-def readme(e: mf.Entry) -> bytes:
-    """The dataset card a Parquet repo of these configs and splits would have (YAML header)."""
+def readme(e: mf.Entry, only: str | None = None) -> bytes:
+    """The dataset card a Parquet repo of these configs and splits would have (YAML header);
+    `only`: the card of that one config (what the Arrow build of one config reads)."""
     import yaml
 
     configs = [{"config_name": cfg,
                 "data_files": [{"split": split, "path": info["path"]} for split, info in sorted(by_split.items())]}
-               for cfg, by_split in sorted(e.splits.items())]
+               for cfg, by_split in sorted(e.splits.items()) if only is None or cfg == only]
     header: dict = {"configs": configs}
     if e.license:
         header["license"] = e.license
@@ -61,7 +62,9 @@ def prepare_arrow(e: mf.Entry, files: dict[str, Path], config: str, scratch: Pat
     for rel, path in files.items():
         (snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
         os.symlink(path, snapshot / rel)
-    (snapshot / "README.md").write_bytes(readme(e))
+    # the card of this config alone: datasets resolves the data files of every config it lists,
+    # and the scratch snapshot holds only this one's
+    (snapshot / "README.md").write_bytes(readme(e, only=config))
     module = dataset_module_factory(str(snapshot))
     name = camelcase_to_snakecase(e.repo_id.rpartition("/")[2])
     builder_cls = get_dataset_builder_class(module, dataset_name=name)

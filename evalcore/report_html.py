@@ -67,9 +67,9 @@ def families(models: Mapping[str, str]) -> list[list[str]]:
 def fewshot_groups(specs: Sequence, fewshots: Mapping[str, int]) -> list[list[str]]:
     """Datasets of the plan that differ only in their few-shot setting (two or more values),
     each group ordered by the number of shots."""
-    groups: dict[object, list[str]] = {}
-    for s in specs:
-        key = dataclasses.replace(s, abbr="", fewshot=0, fewshot_split=None)
+    groups: dict[str, list[str]] = {}
+    for s in specs:  # the spec's repr: it holds mappings, which do not hash
+        key = repr(dataclasses.replace(s, abbr="", fewshot=0, fewshot_split=None))
         groups.setdefault(key, []).append(s.abbr)
     return [sorted(g, key=lambda a: fewshots[a]) for g in groups.values()
             if len({fewshots[a] for a in g}) > 1]

@@ -40,7 +40,7 @@ def two_runs(tmp_path_factory):
     gen = d / "echo.jsonl"
     gen.write_text("".join(json.dumps({**r, "a": a}) + "\n" for r, a in zip(rows, answers, strict=True)))
     datasets = ARC_DATASET + (f'\n[[datasets]]\nabbr = "echo"\npath = "{gen}"\nmode = "gen"\n'
-                              f'template = "Q: {{q}}\\nA:"\nlabel = "a"\n')
+                              f'template = "Q: {{{{q}}}}\\nA:"\nlabel = "a"\n')
     plan = write_plan(d / "plan.toml", scripted("alpha"), datasets, limit=N)
     runs = []
     for _ in range(2):

@@ -81,12 +81,13 @@ def report(tmp_path_factory):
     assert r.returncode == 0, r.stderr
     assert run_cli("cachekit", "import", d / "mmlu.tar", env=env).returncode == 0
     arc = (f'\n[[datasets]]\nabbr = "arc{{n}}shot"\npath = "{ARC_JSONL}"\nmode = "ll"\n'
-           'template = "Question: {{question}}\\nAnswer:"\nchoices = "choices.text"\nlabel = "answerKey"\n'
+           'template = "Question: {{{{question}}}}\\nAnswer:"\nchoices = "choices.text"\n'
+           'gold = "{{{{ choices.label.index(answerKey) }}}}"\n'
            'fewshot = {n}\nfewshot_split = "validation"\n')
     gen = d / "sums.jsonl"
     gen.write_text("".join(json.dumps({"q": f"{i} plus {i}?", "a": f"answer {2 * i}"}) + "\n" for i in range(8)))
     datasets = ('\n[[datasets]]\nname = "mmlu_ppl"\n' + arc.format(n=0) + arc.format(n=2) +
-                f'\n[[datasets]]\nabbr = "sums"\npath = "{gen}"\nmode = "gen"\ntemplate = "Q: {{q}}\\nA:"\nlabel = "a"\n')
+                f'\n[[datasets]]\nabbr = "sums"\npath = "{gen}"\nmode = "gen"\ntemplate = "Q: {{{{q}}}}\\nA:"\nlabel = "a"\n')
     models = (scripted("smol-135M").replace('path = "smol-135M"', 'path = "org/Smol-135M-Instruct"')
               + scripted("smol-360M").replace('path = "smol-360M"', 'path = "org/Smol-360M-Instruct"')
               + scripted("other"))

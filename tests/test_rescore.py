@@ -73,7 +73,8 @@ def test_rescoring_a_generation_task_without_the_model(tmp_path, tiny_model_dir)
     p = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "", f"rescore loaded {p.stdout.strip()}"
-    expected = [metrics.exact_match(metrics.regex_filter(g["generation"], pattern), g["gold"]) for g in gens.values()]
+    expected = [metrics.exact_match(metrics.regex_filter(g["requests"][0]["generation"], pattern), g["gold"])
+                for g in gens.values()]
     got = all_results(run_dir)
     assert got[2][("tiny", "sums", "", "exact_match")][0] == sum(expected) / len(expected)
     assert got[2][("tiny", "sums", "", "exact_match")][2] == 6

@@ -119,7 +119,7 @@ def test_attacking_generations_are_contained(tmp_path: Path, host: Host) -> None
     con.close()
     assert len(samples) == len(real)
     for s in samples:
-        assert "_probe_0()" in s["generation"]
+        assert "_probe_0()" in s["requests"][0]["generation"]
         assert s["execution"]["sandbox"] == "namespaces"
         assert s["execution"]["status"] == "timeout", s["execution"]  # reached the last, endless probe
         assert SECRET not in json.dumps(s)

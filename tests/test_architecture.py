@@ -1,0 +1,126 @@
+"""The shape of the code, checked from its source: the layer rule (cli -> evalcore -> cachekit,
+never back) and no import circle among the product's modules. Every import counts, including the
+ones inside functions: a lazy import still makes one module depend on another."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+PACKAGES = ("cachekit", "evalcore", "cli")
+LAYER = {"cli": 2, "evalcore": 1, "cachekit": 0}  # a package may import only lower (or its own) layers
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The product modules `name` imports (a `from pkg import sub` names the submodule)."""
+    is_pkg = path.name == "__init__.py"
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".") if is_pkg else name.split(".")[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                prefix = ".".join(base + ([node.module] if node.module else []))
+            else:
+                prefix = node.module or ""
+            targets = [f"{prefix}.{a.name}" for a in node.names] + [prefix]
+        for t in targets:
+            while t and t not in known:  # `a.b.func` -> `a.b`
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                out.add(t)
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    mods = _modules()
+    known = set(mods)
+    graph = {m: _imports(m, p, known) for m, p in mods.items()}
+    # importing a submodule runs its package's __init__, which is not an edge of the design
+    return {m: {t for t in ts if not m.startswith(t + ".")} for m, ts in graph.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_graph_sees_imports():
+    graph = _graph()
+    assert "cachekit.manifest" in graph["cachekit.bundle"] or graph["cachekit.bundle"], graph["cachekit.bundle"]
+    assert any(t.startswith("evalcore") for t in graph["cli.evalcore_cli"])
+
+
+def test_layers_point_down_only():
+    bad = [f"{m} imports {t}" for m, ts in _graph().items() for t in sorted(ts)
+           if LAYER[t.split(".")[0]] > LAYER[m.split(".")[0]]]
+    assert not bad, "imports against the layer rule (cli -> evalcore -> cachekit):\n" + "\n".join(bad)
+
+
+def test_no_import_circle():
+    graph = _graph()
+    cycles = _cycles(graph)
+
+    def path_in(comp: list[str]) -> str:  # the shortest circle through comp[0], for the message
+        start, back = comp[0], {comp[0]: None}
+        queue = [start]
+        while queue:
+            node = queue.pop(0)
+            for t in sorted(graph[node]):
+                if t == start:
+                    path = [node]
+                    while back[path[-1]] is not None:
+                        path.append(back[path[-1]])
+                    return " -> ".join([start] + path[::-1][1:] + [start]) if len(path) > 1 else f"{start} -> {start}"
+                if t in comp and t not in back:
+                    back[t] = node
+                    queue.append(t)
+        return ", ".join(comp)
+
+    assert not cycles, "import circles:\n" + "\n".join(path_in(c) for c in cycles)
