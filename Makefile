@@ -39,8 +39,10 @@ bench: setup smollm2
 
 # lm-evaluation-harness 0.4.13 in its own venv, offline, on the tiny model and SmolLM2;
 # writes tests/crosscheck/ (committed; tests/test_fidelity.py compares against it).
-crosscheck:
+# Then lm-eval's own arc_easy on a cachekit-imported allenai/ai2_arc bundle (tests/crosscheck/hubcache/).
+crosscheck: setup
 	TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX="$(TORCH_INDEX)" $(PYTHON) scripts/crosscheck.py
+	TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX="$(TORCH_INDEX)" OMP_NUM_THREADS=1 $(BIN)/python scripts/crosscheck_hubcache.py
 
 lint: setup
 	$(BIN)/ruff check cachekit evalcore cli tests scripts
