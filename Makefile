@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 SMOLLM2 := build/models/smollm2-135m-instruct
 
-.PHONY: setup sysdeps test demo bench lint clean smollm2 crosscheck
+.PHONY: setup sysdeps test demo bench lint clean smollm2 crosscheck wheels
 
 setup: sysdeps $(STAMP)
 
@@ -43,6 +43,14 @@ bench: setup smollm2
 crosscheck: setup
 	TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX="$(TORCH_INDEX)" $(PYTHON) scripts/crosscheck.py
 	TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX="$(TORCH_INDEX)" OMP_NUM_THREADS=1 $(BIN)/python scripts/crosscheck_hubcache.py
+
+# The toolkit's wheel and every dependency wheel for an offline host, into a bundle's wheels/.
+WHEELS_PYTHON ?= 3.11
+WHEELS_PLATFORM ?= manylinux_2_28_x86_64
+WHEELS_OUT ?= build/wheels-bundle
+wheels: setup
+	$(BIN)/cachekit prefetch --wheels --python-version $(WHEELS_PYTHON) --platform $(WHEELS_PLATFORM) \
+		--torch "$(TORCH_SPEC)" --out $(WHEELS_OUT)
 
 lint: setup
 	$(BIN)/ruff check cachekit evalcore cli tests scripts
