@@ -187,3 +187,21 @@ def test_offline_install_from_the_bundle_in_a_fresh_venv(tmp_path):
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import cachekit, torch; print(cachekit.__file__, torch.__version__)"],
                            env=offline, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert where.stdout.startswith(str(venv)) and "2.13.0" in where.stdout, where.stdout + where.stderr
+
+
+@pytest.mark.parametrize("as_tar", [False, True])
+def test_extending_a_bundle_keeps_its_wheels(tmp_path, as_tar):
+    folder = small_bundle(tmp_path / "b")
+    out = folder
+    if as_tar:
+        out = tmp_path / "b.tar"
+        pack_tar(folder, out)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    env = clean_env(HF_HOME=str(tmp_path / "hf"))
+    r = run_cli("cachekit", "prefetch", "--local", f"testorg/m={model}", "--out", out, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "2 wheels" in r.stdout
+    r = run_cli("cachekit", "verify", out, env=env)
+    assert r.returncode == 0 and "2 wheels verified" in r.stdout, r.stderr
