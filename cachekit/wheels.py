@@ -30,6 +30,7 @@ _PLATFORM = re.compile(r"^[a-z0-9_]+$")
 _TORCH_PIN = re.compile(r"^torch==[0-9][0-9A-Za-z.+]*$")
 _MANYLINUX = re.compile(r"^manylinux_2_(\d+)_(\w+)$")
 _LEGACY = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+_CONFLICT = re.compile(r"Cannot install (\S+) because these package versions have conflicting dependencies")
 _NO_MATCH = re.compile(r"(?:No matching distribution found for|Could not find a version that satisfies "
                        r"the requirement) (\S+)")
 
@@ -132,8 +133,14 @@ def _pip(cmd: list[str], what: str, target: WheelTarget) -> None:
     if missing:
         raise WheelError(f"no wheel of {missing.group(1).rstrip(';')} for {target.describe()} ({what})",
                          hint="pick a --platform/--python-version that the package ships wheels for")
-    last = next((x.strip() for x in reversed(r.stderr.splitlines()) if x.strip()), f"exit {r.returncode}")
-    raise WheelError(f"{what} failed: {last}")
+    conflict = _CONFLICT.search(r.stderr)
+    if conflict:
+        raise WheelError(f"no wheels of {conflict.group(1)} and its dependencies that fit {target.describe()} "
+                         f"(pip download: conflicting dependencies)",
+                         hint="pick a --platform/--python-version that the packages ship wheels for, or another --torch")
+    lines = [x.strip() for x in r.stderr.splitlines() if x.strip()]
+    first = next((x.removeprefix("ERROR: ") for x in lines if x.startswith("ERROR:")), lines[-1] if lines else "")
+    raise WheelError(f"{what} failed: {first or f'exit {r.returncode}'}")
 
 
 def fetch_wheels(writer, target: WheelTarget, log: Callable[[str], None]) -> tuple[mf.FileRecord, ...]:
