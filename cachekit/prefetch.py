@@ -18,7 +18,7 @@ from .bundle import open_bundle, pack_tar
 from .convert import is_data_file, to_parquet
 from .errors import NotFoundError, UsageError, VerificationError
 from .sources import Source, matches
-from .wheels import WheelTarget, fetch_wheels
+from .wheels import WheelTarget, fetch_wheels, preflight
 from .writer import BundleWriter, staging_for
 
 Log = Callable[[str], None]
@@ -29,6 +29,8 @@ def prefetch(sources: list[Source], out: Path, log: Log = lambda s: None, progre
     """`wheels`: also put the toolkit's wheel and its dependencies' into wheels/ (cachekit.wheels)."""
     if not sources and wheels is None:
         raise UsageError("nothing to prefetch", hint="give --model, --dataset, --space, --local, --plan or --wheels")
+    if wheels is not None:
+        preflight()  # before any folder is made
 
     def produce(writer: BundleWriter) -> list[mf.Entry]:
         entries: list[mf.Entry] = []

@@ -143,12 +143,17 @@ def _pip(cmd: list[str], what: str, target: WheelTarget) -> None:
     raise WheelError(f"{what} failed: {first or f'exit {r.returncode}'}")
 
 
-def fetch_wheels(writer, target: WheelTarget, log: Callable[[str], None]) -> tuple[mf.FileRecord, ...]:
-    """Build and download every wheel into the writer's staging area; return their records."""
+def preflight() -> Path:
+    """What can be checked before a bundle folder exists: pip runs, the source tree is there."""
     if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode != 0:
         raise WheelError("pip is not installed in this Python, and --wheels runs pip",
                          hint=f"{sys.executable} -m ensurepip, or install pip")
-    root = source_tree()
+    return source_tree()
+
+
+def fetch_wheels(writer, target: WheelTarget, log: Callable[[str], None]) -> tuple[mf.FileRecord, ...]:
+    """Build and download every wheel into the writer's staging area; return their records."""
+    root = preflight()
     work = writer.partial / "wheels-download"
     shutil.rmtree(work, ignore_errors=True)
     try:
