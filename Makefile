@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 SMOLLM2 := build/models/smollm2-135m-instruct
 
-.PHONY: setup sysdeps test demo bench lint clean smollm2 crosscheck wheels
+.PHONY: setup sysdeps test demo bench lint clean smollm2 crosscheck wheels wheelhouse
 
 setup: sysdeps $(STAMP)
 
@@ -28,7 +28,15 @@ $(STAMP): pyproject.toml constraints.txt
 smollm2: setup
 	$(BIN)/python scripts/get_smollm2.py $(SMOLLM2) --no-check
 
-test: setup smollm2
+# A local wheel folder for tests/test_wheels.py: `cachekit prefetch --wheels` for this Python on
+# manylinux_2_28_x86_64 (network here, once); the test then resolves from it with no index.
+WHEELHOUSE := build/wheelhouse-bundle
+$(WHEELHOUSE)/manifest.json: pyproject.toml constraints.txt | setup
+	$(BIN)/cachekit prefetch --wheels --python-version $$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
+		--platform manylinux_2_28_x86_64 --torch "$(TORCH_SPEC)" --out $(WHEELHOUSE)
+wheelhouse: $(WHEELHOUSE)/manifest.json
+
+test: setup smollm2 wheelhouse
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: setup smollm2
