@@ -112,7 +112,8 @@ def verify(bundle: Path) -> None:
     """Hash every file of a bundle against its manifest.
 
     Exit 0 when all is well; exit 3 listing every problem (missing, corrupt, truncated,
-    unlisted or unsafe files, links, invalid manifest). `cachekit import` runs the same checks
+    unlisted or unsafe files, links, invalid manifest; the wheels of `prefetch --wheels` too).
+    `cachekit import` (which does not hash the wheels: pip installs them) runs the same checks
     and refuses exactly what this refuses. Unlisted members are named up to 5 and counted up to
     1000, where reading stops.
 
@@ -150,7 +151,8 @@ def import_(bundle: Path, dry_run: bool, link: bool) -> None:
     to the hub layout (Parquet and a README `configs:` header) and to the datasets cache
     (HF_DATASETS_CACHE), so `datasets.load_dataset(repo_id, config)` works offline too.
     Nothing changes unless every file is good: a failed import leaves the cache as it was.
-    A second import of the same bundle does nothing.
+    A second import of the same bundle does nothing. A bundle with the toolkit's wheels
+    (`prefetch --wheels`) also gets the offline `pip install` command printed.
 
     \b
     Example:
