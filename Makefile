@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 SMOLLM2 := build/models/smollm2-135m-instruct
 
-.PHONY: setup sysdeps test demo bench lint clean smollm2 crosscheck
+.PHONY: setup sysdeps test demo bench lint clean smollm2 crosscheck wheels wheelhouse
 
 setup: sysdeps $(STAMP)
 
@@ -28,7 +28,15 @@ $(STAMP): pyproject.toml constraints.txt
 smollm2: setup
 	$(BIN)/python scripts/get_smollm2.py $(SMOLLM2) --no-check
 
-test: setup smollm2
+# A local wheel folder for tests/test_wheels.py: `cachekit prefetch --wheels` for this Python on
+# manylinux_2_28_x86_64 (network here, once); the test then resolves from it with no index.
+WHEELHOUSE := build/wheelhouse-bundle
+$(WHEELHOUSE)/manifest.json: pyproject.toml constraints.txt | setup
+	$(BIN)/cachekit prefetch --wheels --python-version $$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
+		--platform manylinux_2_28_x86_64 --torch "$(TORCH_SPEC)" --out $(WHEELHOUSE)
+wheelhouse: $(WHEELHOUSE)/manifest.json
+
+test: setup smollm2 wheelhouse
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: setup smollm2
@@ -39,8 +47,18 @@ bench: setup smollm2
 
 # lm-evaluation-harness 0.4.13 in its own venv, offline, on the tiny model and SmolLM2;
 # writes tests/crosscheck/ (committed; tests/test_fidelity.py compares against it).
-crosscheck:
+# Then lm-eval's own arc_easy on a cachekit-imported allenai/ai2_arc bundle (tests/crosscheck/hubcache/).
+crosscheck: setup
 	TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX="$(TORCH_INDEX)" $(PYTHON) scripts/crosscheck.py
+	TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX="$(TORCH_INDEX)" OMP_NUM_THREADS=1 $(BIN)/python scripts/crosscheck_hubcache.py
+
+# The toolkit's wheel and every dependency wheel for an offline host, into a bundle's wheels/.
+WHEELS_PYTHON ?= 3.11
+WHEELS_PLATFORM ?= manylinux_2_28_x86_64
+WHEELS_OUT ?= build/wheels-bundle
+wheels: setup
+	$(BIN)/cachekit prefetch --wheels --python-version $(WHEELS_PYTHON) --platform $(WHEELS_PLATFORM) \
+		--torch "$(TORCH_SPEC)" --out $(WHEELS_OUT)
 
 lint: setup
 	$(BIN)/ruff check cachekit evalcore cli tests scripts

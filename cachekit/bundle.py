@@ -30,7 +30,7 @@ from .errors import BundleError, NotFoundError
 
 NAMED_PROBLEMS = 5  # unlisted or unsafe members named one by one
 MEMBER_BOUND = 1000  # after this many unlisted or unsafe members, stop reading and report the count
-_OBJECT_DIR = re.compile(r"^objects(/[0-9a-f]{2})?$")
+_OBJECT_DIR = re.compile(r"^(objects(/[0-9a-f]{2})?|wheels)$")  # folders cachekit writes
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -88,21 +88,30 @@ class BundleReader:
         """Everything in the bundle that is not manifest.json or one of its objects (bounded)."""
         raise NotImplementedError
 
-    def object_size(self, sha256: str) -> int | None:
-        """Bytes available for the object, None when absent; BundleError when it is not a
-        regular file of the bundle (a link, a device)."""
+    def member_size(self, rel: str) -> int | None:
+        """Bytes available for a listed file (an object or a wheel), None when absent;
+        BundleError when it is not a regular file of the bundle (a link, a device)."""
         raise NotImplementedError
 
     @contextmanager
-    def object_fd(self, sha256: str) -> Iterator[tuple[int, int, int]]:
-        """(fd, byte offset, size) of an object's bytes, for in-kernel copies and pread."""
+    def member_fd(self, rel: str) -> Iterator[tuple[int, int, int]]:
+        """(fd, byte offset, size) of a listed file's bytes, for in-kernel copies and pread."""
         raise NotImplementedError
         yield  # pragma: no cover
 
+    def object_size(self, sha256: str) -> int | None:
+        return self.member_size(mf.object_path(sha256))
+
+    def object_fd(self, sha256: str):
+        return self.member_fd(mf.object_path(sha256))
+
     @contextmanager
-    def open_object(self, sha256: str) -> Iterator[BinaryIO]:
-        with self.object_fd(sha256) as (fd, offset, size):
+    def open_member(self, rel: str) -> Iterator[BinaryIO]:
+        with self.member_fd(rel) as (fd, offset, size):
             yield _Slice(fd, offset, size)
+
+    def open_object(self, sha256: str):
+        return self.open_member(mf.object_path(sha256))
 
     def link_object(self, sha256: str, dst: Path) -> None:
         raise BundleError(f"{self.path}: only a folder bundle can be hard-linked into the cache",
@@ -197,7 +206,7 @@ class DirBundle(BundleReader):
             return mf.parse(f.read())
 
     def member_problems(self, m: mf.Manifest) -> list[Problem]:
-        listed = {mf.object_path(s) for s in m.objects()}
+        listed = m.members()
         tally = _Tally()
 
         def walk(dir_fd: int, rel: str) -> bool:
@@ -235,9 +244,9 @@ class DirBundle(BundleReader):
         finished = walk(self._root, "")
         return tally.problems(stopped=not finished)
 
-    def object_size(self, sha256: str) -> int | None:
+    def member_size(self, rel: str) -> int | None:
         try:
-            fd = self._open(mf.object_path(sha256))
+            fd = self._open(rel)
         except FileNotFoundError:
             return None
         try:
@@ -246,8 +255,8 @@ class DirBundle(BundleReader):
             os.close(fd)
 
     @contextmanager
-    def object_fd(self, sha256: str) -> Iterator[tuple[int, int, int]]:
-        fd = self._open(mf.object_path(sha256))
+    def member_fd(self, rel: str) -> Iterator[tuple[int, int, int]]:
+        fd = self._open(rel)
         try:
             yield fd, 0, os.fstat(fd).st_size
         finally:
@@ -316,7 +325,7 @@ class TarBundle(BundleReader):
         return list(self._problems)
 
     def _scan(self, m: mf.Manifest) -> list[Problem]:
-        listed = {mf.object_path(s) for s in m.objects()}
+        listed = m.members()
         tally = _Tally()
         while True:
             member = self._next()
@@ -347,22 +356,22 @@ class TarBundle(BundleReader):
         self._members[name] = m
         return None
 
-    def _member(self, sha256: str) -> tarfile.TarInfo | None:
+    def _member(self, rel: str) -> tarfile.TarInfo | None:
         self.member_problems(self.manifest())
-        return self._members.get(mf.object_path(sha256))
+        return self._members.get(rel)
 
-    def object_size(self, sha256: str) -> int | None:
-        m = self._member(sha256)
+    def member_size(self, rel: str) -> int | None:
+        m = self._member(rel)
         if m is None:
             return None
         return max(0, min(m.size, self._file_size - m.offset_data))  # a cut archive: what is there
 
     @contextmanager
-    def object_fd(self, sha256: str) -> Iterator[tuple[int, int, int]]:
-        m = self._member(sha256)
+    def member_fd(self, rel: str) -> Iterator[tuple[int, int, int]]:
+        m = self._member(rel)
         if m is None:
-            raise BundleError(f"{mf.object_path(sha256)} is not in {self.path}")
-        yield self._f.fileno(), m.offset_data, self.object_size(sha256) or 0
+            raise BundleError(f"{rel} is not in {self.path}")
+        yield self._f.fileno(), m.offset_data, self.member_size(rel) or 0
 
 
 def _member_name(m: tarfile.TarInfo) -> str:
@@ -395,7 +404,7 @@ def pack_tar(folder: Path, out: Path, progress: Callable[[int], None] | None = N
     try:
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
             _add(tar, folder / mf.MANIFEST_NAME, mf.MANIFEST_NAME)
-            for obj in sorted((folder / "objects").rglob("*")):
+            for obj in [*sorted((folder / "objects").rglob("*")), *sorted((folder / mf.WHEELS_DIR).glob("*.whl"))]:
                 if obj.is_file():
                     _add(tar, obj, obj.relative_to(folder).as_posix())
                     if progress:

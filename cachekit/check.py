@@ -103,11 +103,37 @@ def ordered(problems: list[Problem]) -> list[Problem]:
     return members + objects
 
 
+def wheel_problems(reader: BundleReader, m: mf.Manifest, progress: Progress = None) -> list[Problem]:
+    """Size and sha256 of every file under wheels/ (`prefetch --wheels`). Import does not use
+    them (pip installs them), so only verify and `cachekit wheels` check them."""
+    out = []
+    for w in m.wheels:
+        item = f"{w.path} [wheel]"
+        try:
+            actual = reader.member_size(w.path)
+            if actual is None:
+                out.append(Problem("missing", item))
+                continue
+            if actual != w.size:
+                kind = "truncated" if actual < w.size else "corrupt"
+                out.append(Problem(kind, item, f"{actual} bytes, expected {w.size}"))
+                continue
+            with reader.open_member(w.path) as f:
+                got: str | BaseException = sha256_stream(f, progress)[0]
+        except (OSError, BundleError) as exc:
+            got = exc
+        if isinstance(got, BaseException) or got != w.sha256:
+            p = content_problem({w.sha256: "wheel"}, w.sha256, got)
+            out.append(Problem(p.kind, item, p.detail))
+    return out
+
+
 def verify(path: str | os.PathLike, progress: Progress = None) -> tuple[mf.Manifest, list[Problem]]:
     """Check a bundle completely; return the manifest and every problem (bounded for members)."""
     with open_bundle(path) as reader:
         m, problems, hashable = structure(reader)
         problems += hash_objects(reader, m, hashable, progress)
+        problems += wheel_problems(reader, m, progress)
         return m, ordered(problems)
 
 

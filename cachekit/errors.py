@@ -76,6 +76,13 @@ class AccessError(CachekitError, PermissionError):
     default_hint = "accept the repo's terms on the hub and set HF_TOKEN to a token that may read it"
 
 
+class WheelError(CachekitError):
+    """`prefetch --wheels`: pip is missing, or a wheel does not exist for the target platform/Python."""
+
+    exit_code = EXIT_MISSING
+    default_hint = "check --platform and --python-version, and that pip can reach the package index"
+
+
 class WriteError(CachekitError, OSError):
     """Writing failed (disk full, permission denied). Nothing half-written is left behind."""
 

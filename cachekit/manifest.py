@@ -19,6 +19,8 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)
 _ETAG = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")  # git blob sha1, or sha256 (LFS)
 # Characters git refuses in a ref name (git check-ref-format), plus every control character.
 _BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+WHEELS_DIR = "wheels"  # `cachekit prefetch --wheels`: pip's wheel files, kept by name for --find-links
+_WHEEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+!-]*\.whl$")
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,17 @@ class Manifest:
     tool_version: str
     libraries: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # wheel files under wheels/ (path "wheels/<name>.whl"), and what they were downloaded for
+    wheels: tuple[FileRecord, ...] = ()
+    wheels_target: dict = field(default_factory=dict)
 
     def objects(self) -> dict[str, int]:
         """sha256 -> size of every distinct object the bundle must hold."""
         return {f.sha256: f.size for e in self.entries for f in e.files}
+
+    def members(self) -> set[str]:
+        """Every file of the bundle besides manifest.json: objects and wheels."""
+        return {object_path(s) for s in self.objects()} | {w.path for w in self.wheels}
 
     def to_json(self) -> str:
         doc = {
@@ -92,6 +101,9 @@ class Manifest:
             "libraries": dict(sorted(self.libraries.items())),
             "entries": [_entry_to_dict(e) for e in self.entries],
         }
+        if self.wheels:
+            doc["wheels"] = {"target": self.wheels_target,
+                             "files": [{"path": w.path, "size": w.size, "sha256": w.sha256} for w in self.wheels]}
         return json.dumps(doc, indent=1, sort_keys=False) + "\n"
 
 
@@ -198,14 +210,50 @@ def parse(text: str | bytes) -> Manifest:
             if sizes.setdefault(f.sha256, f.size) != f.size:
                 raise BundleError(f"object {f.sha256} is listed with two different sizes")
     _check_repo_collisions(parsed)
+    wheels, target = _parse_wheels(doc.get("wheels"))
     tool = doc.get("tool") or {}
     return Manifest(
+        wheels=wheels, wheels_target=target,
         entries=parsed,
         created=str(doc.get("created", "")),
         tool_version=str(tool.get("version", "")) if isinstance(tool, dict) else "",
         libraries=doc.get("libraries") if isinstance(doc.get("libraries"), dict) else {},
         schema_version=version,
     )
+
+
+def wheel_path(filename: str) -> str:
+    """Where a wheel file lives inside a bundle; BundleError for a name pip would not write."""
+    if not isinstance(filename, str) or not _WHEEL_NAME.match(filename):
+        raise BundleError(f"not a wheel file name: {filename!r}")
+    return f"{WHEELS_DIR}/{filename}"
+
+
+def _parse_wheels(d: object) -> tuple[tuple[FileRecord, ...], dict]:
+    if d is None:
+        return (), {}
+    if not isinstance(d, dict) or not isinstance(d.get("files"), list):
+        raise BundleError("manifest.json: 'wheels' is not {target, files}")
+    target = d.get("target") or {}
+    if not isinstance(target, dict):
+        raise BundleError("manifest.json: 'wheels.target' is not an object")
+    out, seen = [], set()
+    for j, f in enumerate(d["files"]):
+        if not isinstance(f, dict):
+            raise BundleError(f"manifest.json: wheel #{j} is not an object")
+        path = f.get("path")
+        if not isinstance(path, str) or path != wheel_path(path.removeprefix(WHEELS_DIR + "/")):
+            raise BundleError(f"manifest.json: wheel #{j} path {path!r} is not wheels/<name>.whl")
+        if path in seen:
+            raise BundleError(f"manifest.json: duplicate wheel {path!r}")
+        seen.add(path)
+        size, sha = f.get("size"), f.get("sha256")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise BundleError(f"manifest.json: wheel {path!r} has an invalid size {size!r}")
+        if not isinstance(sha, str) or not _HEX64.match(sha):
+            raise BundleError(f"manifest.json: wheel {path!r} has an invalid sha256 {sha!r}")
+        out.append(FileRecord(path, size, sha))
+    return tuple(out), target
 
 
 def _parse_entry(i: int, d: object) -> Entry:

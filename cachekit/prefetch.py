@@ -18,14 +18,19 @@ from .bundle import open_bundle, pack_tar
 from .convert import is_data_file, to_parquet
 from .errors import NotFoundError, UsageError, VerificationError
 from .sources import Source, matches
+from .wheels import WheelTarget, fetch_wheels, preflight
 from .writer import BundleWriter, staging_for
 
 Log = Callable[[str], None]
 
 
-def prefetch(sources: list[Source], out: Path, log: Log = lambda s: None, progress_bars: bool = True) -> mf.Manifest:
-    if not sources:
-        raise UsageError("nothing to prefetch", hint="give --model, --dataset, --space, --local or --plan")
+def prefetch(sources: list[Source], out: Path, log: Log = lambda s: None, progress_bars: bool = True,
+             wheels: WheelTarget | None = None) -> mf.Manifest:
+    """`wheels`: also put the toolkit's wheel and its dependencies' into wheels/ (cachekit.wheels)."""
+    if not sources and wheels is None:
+        raise UsageError("nothing to prefetch", hint="give --model, --dataset, --space, --local, --plan or --wheels")
+    if wheels is not None:
+        preflight()  # before any folder is made
 
     def produce(writer: BundleWriter) -> list[mf.Entry]:
         entries: list[mf.Entry] = []
@@ -42,11 +47,11 @@ def prefetch(sources: list[Source], out: Path, log: Log = lambda s: None, progre
                 queue.append(Source("model", dep, "main", None, (), (), True))
         return entries
 
-    return build_bundle(Path(out), produce, log, fetch.library_versions)
+    return build_bundle(Path(out), produce, log, fetch.library_versions, wheels)
 
 
 def build_bundle(out: Path, produce: Callable[[BundleWriter], list[mf.Entry]], log: Log,
-                 libraries: Callable[[], dict]) -> mf.Manifest:
+                 libraries: Callable[[], dict], wheels: WheelTarget | None = None) -> mf.Manifest:
     """Open (or continue) the staging folder for `out`, let `produce` add entries, then write the
     manifest last and, for a .tar, pack it atomically."""
     staging = staging_for(out)
@@ -57,7 +62,10 @@ def build_bundle(out: Path, produce: Callable[[BundleWriter], list[mf.Entry]], l
         entries = produce(writer)
         if writer.old_manifest is not None:
             _carry_over(writer, entries)
-        m = writer.finish(entries, libraries())
+        if wheels is not None:
+            m = writer.finish(entries, libraries(), fetch_wheels(writer, wheels, log), wheels.as_dict())
+        else:
+            m = writer.finish(entries, libraries())
     except BaseException:
         writer.close()
         if fresh and not writer.stored_anything:

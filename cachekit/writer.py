@@ -119,6 +119,38 @@ class BundleWriter:
             raise write_error(exc, self.folder / "objects") from exc
         return sha
 
+    def add_wheel(self, src: Path) -> mf.FileRecord:
+        """Stage a wheel file under its own name (pip's --find-links reads the folder)."""
+        rel = mf.wheel_path(src.name)
+        dst = self.partial / rel
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with open(src, "rb") as f:
+                sha, size = copy_and_hash(f, dst)
+        except OSError as exc:
+            remove_quietly(dst)
+            raise write_error(exc, self.folder / mf.WHEELS_DIR) from exc
+        return mf.FileRecord(rel, size, sha)
+
+    def _keep_old_wheels(self) -> tuple[mf.FileRecord, ...]:
+        """The wheels of the bundle being extended, present in this folder (copied from a .tar)."""
+        old = self.old_manifest.wheels if self.old_manifest else ()
+        for w in old:
+            here = self.folder / w.path
+            if here.is_file() and not here.is_symlink() and here.stat().st_size == w.size and sha256_file(here) == w.sha256:
+                continue
+            if self.previous is None or self.previous.path == self.folder or self.previous.member_size(w.path) != w.size:
+                raise BundleError(f"the bundle being extended lacks its wheel {w.path}",
+                                  hint="run `cachekit verify` on it, or write to a new --out")
+            dst = self.partial / w.path
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with self.previous.open_member(w.path) as src:
+                sha, _ = copy_and_hash(src, dst)
+            if sha != w.sha256:
+                raise BundleError(f"the bundle being extended has a corrupt wheel {w.path}",
+                                  hint="run `cachekit verify` on it, or write to a new --out")
+        return old
+
     @property
     def stored_anything(self) -> bool:
         """True once this or an earlier run stored a file worth keeping for a rerun."""
@@ -132,28 +164,37 @@ class BundleWriter:
         self._journal.flush()
 
     # -- finishing -------------------------------------------------------------------------
-    def finish(self, entries: list[mf.Entry], libraries: dict) -> mf.Manifest:
-        """Write the manifest (last, atomically), drop unreferenced objects and `.partial/`."""
+    def finish(self, entries: list[mf.Entry], libraries: dict,
+               wheels: tuple[mf.FileRecord, ...] | None = None, wheels_target: dict | None = None) -> mf.Manifest:
+        """Write the manifest (last, atomically), drop unreferenced objects and `.partial/`.
+        `wheels` (staged by add_wheel) replace the bundle's wheel set; None keeps the old one."""
         all_entries = mf.merge(self.old_manifest, entries)
+        if wheels is None:
+            wheels = self._keep_old_wheels()
+            wheels_target = self.old_manifest.wheels_target if self.old_manifest else {}
         m = mf.Manifest(
+            wheels=tuple(sorted(wheels, key=lambda w: w.path)), wheels_target=wheels_target or {},
             entries=tuple(all_entries),
             created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             tool_version=__version__,
             libraries={"python": sys.version.split()[0], **libraries},
         )
         mf.parse(m.to_json())  # never write a manifest we would refuse to read
-        wanted = {mf.object_path(s) for s in m.objects()}
+        wanted = m.members()
         try:
-            staged = self.partial / "objects"
-            for p in sorted(staged.rglob("*")) if staged.is_dir() else ():
-                if p.is_file() and p.relative_to(self.partial).as_posix() in wanted:
-                    dst = self.folder / p.relative_to(self.partial)
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(p, dst)
-            objects = self.folder / "objects"
-            for p in objects.rglob("*") if objects.is_dir() else ():
-                if p.is_file() and p.relative_to(self.folder).as_posix() not in wanted:
-                    p.unlink()
+            for top in ("objects", mf.WHEELS_DIR):
+                staged = self.partial / top
+                for p in sorted(staged.rglob("*")) if staged.is_dir() else ():
+                    if p.is_file() and p.relative_to(self.partial).as_posix() in wanted:
+                        dst = self.folder / p.relative_to(self.partial)
+                        dst.parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(p, dst)
+                here = self.folder / top
+                for p in here.rglob("*") if here.is_dir() else ():
+                    if p.is_file() and p.relative_to(self.folder).as_posix() not in wanted:
+                        p.unlink()
+            if (self.folder / mf.WHEELS_DIR).is_dir() and not m.wheels:
+                (self.folder / mf.WHEELS_DIR).rmdir()
         except OSError as exc:
             raise write_error(exc, self.folder / "objects") from exc
         atomic_write_bytes(self.folder / mf.MANIFEST_NAME, m.to_json().encode())

@@ -45,8 +45,17 @@ def cachekit(debug: bool) -> None:
               help="Record that models with custom code may run it, and bundle the repos their auto_map names.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), metavar="DIR|FILE.tar",
               help="Bundle folder, or a .tar file. An existing bundle is extended, reusing what it holds.")
+@click.option("--wheels", "with_wheels", is_flag=True,
+              help="Also put the toolkit's own wheel and every dependency wheel for the target below into "
+                   "wheels/ (pip download; replaces the bundle's wheel set).")
+@click.option("--python-version", metavar="X.Y", help="--wheels: the offline host's Python, e.g. 3.11.")
+@click.option("--platform", "platforms", multiple=True, metavar="TAG",
+              help="--wheels: the offline host's wheel platform tag, e.g. manylinux_2_28_x86_64 (repeatable).")
+@click.option("--torch", "torch_spec", metavar="torch==VERSION",
+              help="--wheels: the torch pin (default torch==2.13.0, the Makefile's TORCH_SPEC).")
 @handle_errors
-def prefetch(models, datasets, spaces, metrics, locals_, plan_file, include, exclude, trust_remote_code, out) -> None:
+def prefetch(models, datasets, spaces, metrics, locals_, plan_file, include, exclude, trust_remote_code, out,
+             with_wheels, python_version, platforms, torch_spec) -> None:
     """Resolve, pin and download everything into a bundle (run on a host with internet).
 
     Every revision is pinned to a commit; every file is stored once with its sha256; datasets
@@ -59,11 +68,17 @@ def prefetch(models, datasets, spaces, metrics, locals_, plan_file, include, exc
       cachekit prefetch --plan eval.toml --out bundle/
       cachekit prefetch --metric accuracy --metric exact_match --out metrics.tar
       cachekit prefetch --local myorg/my-model=./checkpoints/step-1000 --out bundle/
+      cachekit prefetch --wheels --python-version 3.11 --platform manylinux_2_28_x86_64 --out bundle/
     """
+    from cachekit.errors import UsageError
     from cachekit.evaluate_modules import metric_repo
     from cachekit.prefetch import prefetch as run
     from cachekit.sources import parse_hub_spec, parse_local_spec
+    from cachekit.wheels import make_target
 
+    wheels = make_target(python_version, platforms, torch_spec) if with_wheels else None
+    if not with_wheels and (python_version or platforms or torch_spec):
+        raise UsageError("--python-version, --platform and --torch only apply with --wheels")
     opts = dict(include=include, exclude=exclude, trust_remote_code=trust_remote_code)
     sources = [parse_hub_spec(s, "model", **opts) for s in models]
     sources += [parse_hub_spec(s, "dataset", **opts) for s in datasets]
@@ -84,9 +99,10 @@ def prefetch(models, datasets, spaces, metrics, locals_, plan_file, include, exc
         for line in advice:
             click.echo(f"note: {line}", err=True)
         sources += from_plan
-    m = run(sources, out, log=lambda s: click.echo(s, err=True))
+    m = run(sources, out, log=lambda s: click.echo(s, err=True), wheels=wheels)
     size = sum(m.objects().values())
-    click.echo(f"bundle {out}: {len(m.entries)} entries, {len(m.objects())} files, {human_size(size)}")
+    click.echo(f"bundle {out}: {len(m.entries)} entries, {len(m.objects())} files, {human_size(size)}"
+               + (f", {len(m.wheels)} wheels ({human_size(sum(w.size for w in m.wheels))})" if m.wheels else ""))
 
 
 @cachekit.command()
@@ -96,7 +112,8 @@ def verify(bundle: Path) -> None:
     """Hash every file of a bundle against its manifest.
 
     Exit 0 when all is well; exit 3 listing every problem (missing, corrupt, truncated,
-    unlisted or unsafe files, links, invalid manifest). `cachekit import` runs the same checks
+    unlisted or unsafe files, links, invalid manifest; the wheels of `prefetch --wheels` too).
+    `cachekit import` (which does not hash the wheels: pip installs them) runs the same checks
     and refuses exactly what this refuses. Unlisted members are named up to 5 and counted up to
     1000, where reading stops.
 
@@ -109,12 +126,14 @@ def verify(bundle: Path) -> None:
     from cachekit.check import verify as run
 
     with open_bundle(bundle) as reader:
-        total = sum(reader.manifest().objects().values())
+        m = reader.manifest()
+        total = sum(m.objects().values()) + sum(w.size for w in m.wheels)
     with byte_bar(total, "verify") as bar:
         m, problems = run(bundle, progress=bar.update)
     refuse(problems)
     click.echo(f"ok: {bundle}: {len(m.entries)} entries, {len(m.objects())} files, "
-               f"{human_size(sum(m.objects().values()))} verified")
+               f"{human_size(sum(m.objects().values()))} verified"
+               + (f"; {len(m.wheels)} wheels verified" if m.wheels else ""))
 
 
 @cachekit.command(name="import")
@@ -132,7 +151,8 @@ def import_(bundle: Path, dry_run: bool, link: bool) -> None:
     to the hub layout (Parquet and a README `configs:` header) and to the datasets cache
     (HF_DATASETS_CACHE), so `datasets.load_dataset(repo_id, config)` works offline too.
     Nothing changes unless every file is good: a failed import leaves the cache as it was.
-    A second import of the same bundle does nothing.
+    A second import of the same bundle does nothing. A bundle with the toolkit's wheels
+    (`prefetch --wheels`) also gets the offline `pip install` command printed.
 
     \b
     Example:
@@ -143,7 +163,8 @@ def import_(bundle: Path, dry_run: bool, link: bool) -> None:
     from cachekit.install import import_bundle
 
     with open_bundle(bundle) as reader:
-        total = sum(reader.manifest().objects().values())
+        m = reader.manifest()
+        total = sum(m.objects().values())
     with byte_bar(total, "import") as bar:
         plan = import_bundle(bundle, dry_run=dry_run, link=link, show=_show_plan, progress=bar.update)
     if dry_run:
@@ -154,6 +175,43 @@ def import_(bundle: Path, dry_run: bool, link: bool) -> None:
         click.echo("nothing to do: everything in the bundle is already installed")
     else:
         click.echo(f"imported {bundle}")
+    if m.wheels:
+        _show_wheels_install(bundle)
+
+
+def _show_wheels_install(bundle: Path) -> None:
+    from cachekit.wheels import install_command
+
+    if bundle.is_dir():
+        click.echo(f"the toolkit's wheels are in the bundle; install it offline with:\n  {install_command(str(bundle))}")
+    else:
+        folder = bundle.with_suffix("")
+        click.echo("the toolkit's wheels are in the bundle; install it offline with:\n"
+                   f"  cachekit wheels {bundle} --out {folder}/wheels\n  {install_command(str(folder))}")
+
+
+@cachekit.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
+              help="A new or empty folder for the wheel files.")
+@handle_errors
+def wheels(bundle: Path, out: Path) -> None:
+    """Copy the wheels of a bundle (`prefetch --wheels`) into a folder, each sha256 checked.
+
+    For a .tar bundle (a folder bundle's wheels/ is already such a folder). Then install offline
+    with `pip install --no-index --find-links DIR cachekit-evalcore`. Nothing is left in DIR
+    when a wheel is bad.
+
+    \b
+    Example:
+      cachekit wheels eval-bundle.tar --out /tmp/wheels
+      pip install --no-index --find-links /tmp/wheels cachekit-evalcore
+    """
+    from cachekit.wheel_copy import extract_wheels
+    from cachekit.wheels import PROJECT
+
+    n = extract_wheels(bundle, out)
+    click.echo(f"{n} wheels in {out}; install with: pip install --no-index --find-links {out} {PROJECT}")
 
 
 def _show_plan(plan) -> None:
