@@ -38,12 +38,12 @@ def _run_flags(fn):
         click.option("--tokenizer-path", help="Tokenizer repo id or folder (default: the model's)."),
         click.option("--model-kwargs", multiple=True, metavar="K=V...", help="from_pretrained kwargs, e.g. torch_dtype=float32 device_map='auto' trust_remote_code=True."),
         click.option("--tokenizer-kwargs", multiple=True, metavar="K=V...", help="Tokenizer kwargs, e.g. padding_side='left' truncation='left' use_fast=False."),
-        click.option("--max-out-len", type=int, help="Most tokens generated per answer."),
+        click.option("--max-out-len", type=int, help="Most tokens generated per answer, for every generation dataset (default: each dataset's own, else 256)."),
         click.option("--max-seq-len", type=int, help="Longest input (prompts are cut from the left)."),
         click.option("--batch-size", help="Samples per batch, or 'auto' (GPU: halve on out-of-memory)."),
         click.option("--hf-num-gpus", "--num-gpus", "num_gpus", type=int, help="GPUs each model instance needs."),
-        click.option("--no-batch-padding", is_flag=True, default=None, help="Run samples one at a time (no padding effects)."),
-        click.option("--chat-template", is_flag=True, default=None, help="Wrap generation prompts in the tokenizer's chat template."),
+        click.option("--batch-padding/--no-batch-padding", default=None, help="--no-batch-padding: run samples one at a time (no padding effects)."),
+        click.option("--chat-template/--no-chat-template", default=None, help="Wrap generation prompts in the tokenizer's chat template (default: off)."),
         click.option("--datasets", multiple=True, metavar="NAME...", help="Built-in datasets (arc_easy_ppl, gsm8k_gen, ...). Replaces the plan's."),
         click.option("--max-num-workers", type=int, help="Worker processes (model instances) at once."),
         click.option("--max-workers-per-gpu", "--max-num-workers-per-gpu", "max_workers_per_gpu", type=int, help="Workers sharing one GPU."),
@@ -97,8 +97,6 @@ def _plan_from(plan_file, flags):
         overrides["tokenizer_path"] = flags["tokenizer_path"]
     if flags["model_kwargs"]:
         overrides["model_kwargs"] = parse_kwargs(flags["model_kwargs"], "--model-kwargs")
-        if overrides["model_kwargs"].get("trust_remote_code") is True:
-            overrides["trust_remote_code"] = True
     if flags["tokenizer_kwargs"]:
         overrides["tokenizer_kwargs"] = parse_kwargs(flags["tokenizer_kwargs"], "--tokenizer-kwargs")
     for flag, key in (("max_out_len", "max_out_len"), ("max_seq_len", "max_seq_len"), ("num_gpus", "num_gpus")):
@@ -107,10 +105,9 @@ def _plan_from(plan_file, flags):
     if flags["batch_size"] is not None:
         bs = flags["batch_size"]
         overrides["batch_size"] = bs if bs == "auto" else _int(bs, "--batch-size")
-    if flags["no_batch_padding"]:
-        overrides["batch_padding"] = False
-    if flags["chat_template"]:
-        overrides["chat_template"] = True
+    for key in ("batch_padding", "chat_template"):
+        if flags[key] is not None:
+            overrides[key] = flags[key]
     run = {k: flags[k] for k in ("max_num_workers", "max_workers_per_gpu", "max_partition_size", "work_dir",
                                  "limit", "offline", "runner", "lease_seconds") if flags[k] is not None}
     plan = with_overrides(plan, model=model, model_overrides=overrides if (overrides and not model) else None,

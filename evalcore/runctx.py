@@ -134,7 +134,12 @@ def units(ctx: RunContext, counts: dict[str, int]) -> list[Unit]:
 
 
 def effective_max_out_len(model, task: Task) -> int:
-    return task.max_out_len or model.max_out_len
+    """The model's max_out_len (plan or --max-out-len) when given, else the dataset's own, else 256."""
+    from .plan import DEFAULT_MAX_OUT_LEN
+
+    if model.max_out_len is not None:
+        return model.max_out_len
+    return task.max_out_len or DEFAULT_MAX_OUT_LEN
 
 
 def check_run_dir(work_dir: str, run_id: str) -> Path:

@@ -286,7 +286,7 @@ def make_backend(spec, resolved, threads: int | None, on_gpu: bool):
     lm = resolved.models[spec.name]
     tok = resolved.tokenizers.get(spec.name)
     kwargs = dict(spec.model_kwargs)
-    dtype = str(kwargs.pop("torch_dtype", kwargs.pop("dtype", "float32")))
+    dtype = str(kwargs.pop("torch_dtype", kwargs.pop("dtype", "float32"))).removeprefix("torch.")
     device_map = kwargs.pop("device_map", None)
     return HFBackend(ModelSettings(
         path=lm.load_path, revision=lm.revision,
@@ -295,7 +295,7 @@ def make_backend(spec, resolved, threads: int | None, on_gpu: bool):
         trust_remote_code=lm.trust_remote_code, model_kwargs=kwargs, tokenizer_kwargs=dict(spec.tokenizer_kwargs),
         batch_size=spec.batch_size if (on_gpu or spec.batch_size != "auto") else 8,
         max_seq_len=spec.max_seq_len, batch_padding=spec.batch_padding, chat_template=spec.chat_template,
-        threads=threads))
+        threads=threads), **dict(spec.backend_options))
 
 
 def main(argv: list[str] | None = None) -> int:
