@@ -260,7 +260,7 @@ def report(run: str, fmt: str, samples_file: Path | None, work_dir: str) -> None
 
     ctx = RunContext.load(driver.find_run(run, work_dir))
     with Ledger(ctx.ledger_path, create=False) as ledger:
-        click.echo(_summary(ctx, ledger, fmt))
+        click.echo(_with_settings(_summary(ctx, ledger, fmt), fmt, ledger.partitions(ctx.run_id)))
         if samples_file:
             owner = {p["partition_id"]: (p["model_key"], p["dataset_key"]) for p in ledger.partitions(ctx.run_id)}
             tmp = samples_file.with_name(samples_file.name + ".tmp")
@@ -271,6 +271,31 @@ def report(run: str, fmt: str, samples_file: Path | None, work_dir: str) -> None
                     n += 1
             tmp.replace(samples_file)
             click.echo(f"wrote {n} samples to {samples_file}", err=True)
+
+
+def _with_settings(text: str, fmt: str, partitions) -> str:
+    """The summary plus the effective settings of each model x dataset (json: a `settings` entry
+    per row, model -> settings; md: a Settings section)."""
+    import json
+
+    from evalcore.settings import settings_markdown, settings_of
+
+    settings = settings_of(partitions)
+    if fmt == "md":
+        return text + "\n\n" + settings_markdown(settings) if settings else text
+    if fmt != "json" or not text:
+        return text
+    doc = json.loads(text)
+    by_dataset: dict[str, dict] = {}
+    for (m, d), s in settings.items():
+        by_dataset.setdefault(d, {})[m] = s
+    if isinstance(doc, list):
+        for row in doc:
+            if isinstance(row, dict) and "dataset" in row:
+                row["settings"] = by_dataset.get(row["dataset"], {})
+    elif isinstance(doc, dict):
+        doc["settings"] = [{"model": m, "dataset": d, **s} for (m, d), s in settings.items()]
+    return json.dumps(doc, indent=1)
 
 
 @evalcore.command()

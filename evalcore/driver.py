@@ -64,10 +64,28 @@ def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None]
     ctx = RunContext(run_id, check_run_dir(plan.run.work_dir, run_id), plan, resolved)
     counts = {abbr: data.count_rows(ref) for abbr, ref in resolved.datasets.items()}
     parts = split(units(ctx, counts), plan.run.max_partition_size)
-    rows = [PartitionRow(p.partition_id, p.model, p.dataset, p.key_hash, p.key_json, "{}", p.start, p.end, p.cost,
+    spec = _settings_json(ctx, len(devices))
+    rows = [PartitionRow(p.partition_id, p.model, p.dataset, p.key_hash, p.key_json, spec[(p.model, p.dataset)],
+                         p.start, p.end, p.cost,
                          p.n_gpus if (devices or plan.run.runner == "slurm") else 0, plan.run.max_attempts)
             for p in parts]
     return ctx, rows
+
+
+def _settings_json(ctx, n_devices: int) -> dict[tuple[str, str], str]:
+    """The effective settings of every model x dataset, as recorded with its partitions."""
+    from .runctx import effective_max_out_len
+    from .settings import effective_settings
+
+    tasks = ctx.tasks()
+    out = {}
+    for m in ctx.plan.models:
+        for d in ctx.plan.datasets:
+            t = tasks[d.abbr]
+            out[(m.name, d.abbr)] = json.dumps(effective_settings(
+                m, d, t, max_out_len=effective_max_out_len(m, t), limit=d.limit if d.limit is not None
+                else ctx.plan.run.limit, n_devices=n_devices, runner=ctx.plan.run.runner), sort_keys=True)
+    return out
 
 
 def _task(d):

@@ -21,6 +21,7 @@ from .errors import EvalcoreError, PlanError
 from .partition import GEN_COST, Unit
 from .plan import Plan, plan_from_json, plan_to_json
 from .preflight import LocalModel, Resolved
+from .settings import library_versions
 from .tasks import Task, task_for
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -118,6 +119,7 @@ def units(ctx: RunContext, counts: dict[str, int]) -> list[Unit]:
             "max_seq_len": m.max_seq_len, "batch_padding": m.batch_padding,
             "model_kwargs": {k: str(v) for k, v in sorted(m.model_kwargs.items()) if k not in ("device_map",)},
             "tokenizer_kwargs": {k: str(v) for k, v in sorted(m.tokenizer_kwargs.items())},
+            "versions": library_versions(m.backend),  # a resume after an upgrade is refused, never mixed
         }
         for d in ctx.plan.datasets:
             task = tasks[d.abbr]

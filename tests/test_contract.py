@@ -92,3 +92,73 @@ def test_zero_flags_exit_2_with_one_line_and_no_folder(tmp_path, flag, value, ne
     assert len(errors) == 1 and needle in errors[0] and "Traceback" not in r.stderr
     assert "resume" not in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _scripted_plan(tmp_path, model_extra="", datasets=None, **run):
+    import json as _json
+
+    from tests.test_engine import ARC_DATASET
+
+    run = {"work_dir": str(tmp_path / "outputs"), "max_num_workers": 1, "lease_seconds": 2.0, **run}
+    text = "[run]\n" + "".join(f"{k} = {_json.dumps(v)}\n" for k, v in run.items())
+    text += f'\n[[models]]\nabbr = "alpha"\npath = "alpha"\nbackend = "scripted"\n{model_extra}\n'
+    text += datasets if datasets is not None else ARC_DATASET
+    plan = tmp_path / "plan.toml"
+    plan.write_text(text)
+    return plan
+
+
+def test_effective_settings_are_in_the_ledger_and_the_report(tmp_path):
+    import json
+    import sqlite3
+
+    from tests.conftest import clean_env, run_cli
+    from tests.test_engine import run_dir_of
+
+    env = clean_env(HF_HOME=str(tmp_path / "hf"), EVALCORE_STATE_DIR=str(tmp_path / "state"))
+    plan = _scripted_plan(tmp_path, "chat_template = true\nmax_seq_len = 512\nbatch_size = 3", limit=6)
+    r = run_cli("evalcore", "eval", plan, env=env)
+    assert r.returncode == 0, r.stderr
+    run_dir = run_dir_of(r.stdout)
+    con = sqlite3.connect(run_dir / "ledger.db")
+    spec, key = con.execute("SELECT spec_json, key_json FROM partitions").fetchone()
+    con.close()
+    spec, key = json.loads(spec), json.loads(key)
+    assert spec["max_seq_len"] == 512 and spec["batch_size"] == 3 and spec["limit"] == 6
+    assert spec["fewshot"] == 0 and spec["metric"] == "acc" and spec["mode"] == "ll" and spec["prompt_version"]
+    assert spec["chat_template"] is False and "chat_template is not used" in spec["notes"][0]
+    assert "cachekit-evalcore" in spec["versions"] and key["versions"] == spec["versions"]
+    rows = json.loads(run_cli("evalcore", "report", run_dir, "--format", "json", env=env).stdout)
+    assert rows[0]["settings"]["alpha"]["max_seq_len"] == 512
+    md = run_cli("evalcore", "report", run_dir, "--format", "md", env=env).stdout
+    assert "## Settings" in md and "| alpha | arc | ll | 0 |" in md and "chat_template is not used" in md
+
+
+def test_library_versions_are_part_of_the_key(tmp_path):
+    from evalcore.settings import library_versions
+
+    v = library_versions("hf")
+    assert v["torch"] and v["transformers"] and "accelerate" in v
+
+
+def test_resume_after_a_library_upgrade_is_refused(tmp_path):
+    import json
+    import sqlite3
+
+    from evalcore.partition import key_hash
+    from tests.conftest import clean_env, run_cli
+    from tests.test_engine import run_dir_of
+
+    env = clean_env(HF_HOME=str(tmp_path / "hf"), EVALCORE_STATE_DIR=str(tmp_path / "state"))
+    r = run_cli("evalcore", "eval", _scripted_plan(tmp_path, limit=4), env=env)
+    run_dir = run_dir_of(r.stdout)
+    con = sqlite3.connect(run_dir / "ledger.db")
+    for pid, kj in con.execute("SELECT partition_id, key_json FROM partitions").fetchall():
+        key = json.loads(kj)
+        key["versions"] = {**key["versions"], "cachekit-evalcore": "0.0.1"}  # as recorded by an older install
+        con.execute("UPDATE partitions SET key_json = ?, key_hash = ? WHERE partition_id = ?",
+                    (json.dumps(key, sort_keys=True), key_hash(key), pid))
+    con.commit()
+    con.close()
+    r = run_cli("evalcore", "resume", run_dir, env=env)
+    assert r.returncode == 3 and "versions:" in r.stderr and "0.0.1" in r.stderr, r.stderr
