@@ -142,10 +142,19 @@ def _execute_and_report(ctx) -> None:
     with Ledger(ctx.ledger_path, create=False) as ledger:
         click.echo(_summary(ctx, ledger, "table"))
         if outcome.failed:
+            from evalcore.errors import RERUN_CANNOT_FIX
+
             click.echo("\nfailed partitions:", err=True)
             click.echo(report.failure_table(ledger.partitions(ctx.run_id)), err=True)
-            click.echo(f"\n{len(outcome.failed)} partition(s) did not finish. Resume with:\n  "
-                       f"{driver.resume_command(ctx.run_dir)}", err=True)
+            fixed_by_rerun = [p for p in outcome.failed if p.get("error_class") not in RERUN_CANNOT_FIX]
+            final = len(outcome.failed) - len(fixed_by_rerun)
+            if final:
+                click.echo(f"\n{final} partition(s) failed with an error a rerun cannot fix (plan, data or model): "
+                           f"fix it, then start a new run (evalcore eval ...). Details: evalcore status "
+                           f"{ctx.run_dir} --errors", err=True)
+            if fixed_by_rerun:
+                click.echo(f"\n{len(fixed_by_rerun)} partition(s) did not finish. Resume with:\n  "
+                           f"{driver.resume_command(ctx.run_dir)}", err=True)
     sys.exit(outcome.exit_code)
 
 

@@ -58,3 +58,10 @@ class OfflineViolation(EvalcoreError, ConnectionError):
 
     exit_code = EXIT_OFFLINE
     default_hint = "everything must come from the local cache: prefetch the missing artefact, or pass --no-offline"
+
+
+# Error classes (as recorded for a failed partition) that a rerun of the same plan on the same
+# files meets again: the plan, the data or the model must change, so `resume` is never advised
+# for them (it would refuse the changed files anyway); a new run is.
+RERUN_CANNOT_FIX = frozenset({"PlanError", "BackendError", "ModelNotCachedError", "MissingArtefact",
+                              "OfflineViolation", "LeaseError", "TemplateError"})

@@ -4,6 +4,8 @@ faults caught before a run folder exists and explained without advising a useles
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from evalcore.errors import PlanError
@@ -162,3 +164,92 @@ def test_resume_after_a_library_upgrade_is_refused(tmp_path):
     con.close()
     r = run_cli("evalcore", "resume", run_dir, env=env)
     assert r.returncode == 3 and "versions:" in r.stderr and "0.0.1" in r.stderr, r.stderr
+
+
+def _copy_model(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _eval_local_model(tmp_path, model_dir, extra=""):
+    from tests.conftest import clean_env, run_cli
+    from tests.test_engine import ARC_DATASET, write_plan
+
+    env = clean_env(HF_HOME=str(tmp_path / "hf"), EVALCORE_STATE_DIR=str(tmp_path / "state"))
+    plan = write_plan(tmp_path / "plan.toml", f'\n[[models]]\nabbr = "m"\npath = "{model_dir}"\n{extra}\n',
+                      ARC_DATASET, limit=4)
+    return run_cli("evalcore", "eval", plan, env=env)
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("no_weights", "no weight files"),
+    ("truncated", "model.safetensors is truncated"),
+    ("garbage_header", "model.safetensors is truncated or not safetensors"),
+    ("no_config", "no config.json"),
+    ("no_tokenizer", "no tokenizer files"),
+    ("index_names_missing_shard", "names 1 weight file(s) that are missing: model-00002-of-00002.safetensors"),
+])
+def test_broken_local_model_folder_fails_preflight(tmp_path, tiny_model_dir, damage, needle):
+    import json
+
+    m = _copy_model(tiny_model_dir, tmp_path / "ckpt")
+    w = m / "model.safetensors"
+    if damage == "no_weights":
+        w.unlink()
+    elif damage == "truncated":
+        data = w.read_bytes()
+        w.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage_header":
+        w.write_bytes(b"\xff" * 64)
+    elif damage == "no_config":
+        (m / "config.json").unlink()
+    elif damage == "no_tokenizer":
+        for f in ("tokenizer.json", "tokenizer.model", "vocab.json"):
+            (m / f).unlink(missing_ok=True)
+    elif damage == "index_names_missing_shard":
+        w.rename(m / "model-00001-of-00002.safetensors")
+        (m / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+            "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    r = _eval_local_model(tmp_path, m)
+    assert r.returncode == 4, r.stderr
+    errors = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0] and str(m) in errors[0], r.stderr
+    assert "resume" not in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "outputs").exists()  # before a run folder is made
+
+
+def test_unreadable_store_index_stops_the_run(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import clean_env, run_cli
+    from tests.test_engine import ARC_DATASET, write_plan
+
+    env = clean_env(HF_HOME=str(tmp_path / "hf"), EVALCORE_STATE_DIR=str(tmp_path / "state"))
+    plan = write_plan(tmp_path / "plan.toml", '\n[[models]]\npath = "org/some-model"\n', ARC_DATASET, limit=4)
+    where = subprocess.run([sys.executable, "-c", "from cachekit.index import Index; print(Index().path)"],
+                           env=env, capture_output=True, text=True, check=True).stdout.strip()
+    index = Path(where)
+    assert str(tmp_path) in where
+    index.parent.mkdir(parents=True, exist_ok=True)
+    index.write_bytes(b"not a database " * 100)
+    r = run_cli("evalcore", "eval", plan, env=env)
+    assert r.returncode == 3, r.stderr
+    errors = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and "store index cannot be read" in errors[0]
+    assert index.read_bytes() == b"not a database " * 100
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_an_error_a_rerun_cannot_fix_does_not_advise_resume(tmp_path):
+    from tests.conftest import ARC_JSONL, clean_env, run_cli
+
+    bad = (f'\n[[datasets]]\nabbr = "arc"\npath = "{ARC_JSONL}"\nmode = "ll"\n'
+           'template = "Question: {no_such_field}"\nchoices = "choices.text"\nlabel = "answerKey"\n')
+    env = clean_env(HF_HOME=str(tmp_path / "hf"), EVALCORE_STATE_DIR=str(tmp_path / "state"))
+    r = run_cli("evalcore", "eval", _scripted_plan(tmp_path, datasets=bad, limit=4), env=env)
+    assert r.returncode == 1, r.stderr
+    assert "no_such_field" in r.stderr and "a rerun cannot fix" in r.stderr and "start a new run" in r.stderr
+    assert "evalcore resume" not in r.stderr and "Resume with" not in r.stderr
