@@ -26,9 +26,10 @@ def evalcore(debug: bool) -> None:
       evalcore resume outputs/20261128-101500-ab12  # rerun only what failed or never finished
       evalcore report outputs/20261128-101500-ab12 --format md --samples preds.jsonl
 
-    Exit codes: 0 all done, 1 some partitions failed (the resume command is printed), 2 usage,
-    3 verification failed (corrupt ledger, changed artefacts on resume), 4 offline violation or
-    missing artefact.
+    Exit codes: 0 all done, 1 some partitions failed (the resume command is printed when a rerun
+    can fix them), 2 usage, 3 verification failed (corrupt ledger or store index, changed artefacts
+    on resume), 4 offline violation or missing artefact, 5 the run is being run by another
+    driver, 130 interrupted (resume continues).
     """
 
 
@@ -76,11 +77,13 @@ def eval_(plan_file, **flags) -> None:
                     --datasets arc_easy_ppl siqa_gen --batch-size 8 --no-batch-padding
     """
     from evalcore import driver
+    from evalcore.runlock import DriverLock
 
     plan = _plan_from(plan_file, flags)
     ctx = driver.start(plan, sys.argv, log=lambda s: click.echo(s, err=True))
     click.echo(f"run {ctx.run_id}: {ctx.run_dir}")
-    _execute_and_report(ctx)
+    with DriverLock(ctx.run_dir):
+        _execute_and_report(ctx)
 
 
 def _plan_from(plan_file, flags):
@@ -136,7 +139,8 @@ def _execute_and_report(ctx) -> None:
         outcome = driver.execute(ctx, on_progress=bar.update)
     except KeyboardInterrupt:
         bar.close()
-        click.echo(f"\ninterrupted; workers stopped. Continue with: {driver.resume_command(ctx.run_dir)}", err=True)
+        click.echo(f"\ninterrupted: workers stopped at a batch boundary, their partitions handed back, the run "
+                   f"marked interrupted. Continue with: {driver.resume_command(ctx.run_dir)}", err=True)
         sys.exit(130)
     bar.close()
     with Ledger(ctx.ledger_path, create=False) as ledger:
@@ -188,56 +192,83 @@ def _summary(ctx, ledger, fmt: str) -> str:
 
 
 @evalcore.command()
-@click.argument("run", type=str)
+@click.argument("run", required=False)
 @click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
 @handle_errors
-def resume(run: str, work_dir: str) -> None:
-    """Rerun only what failed or never finished, down to the sample.
+def resume(run: str | None, work_dir: str) -> None:
+    """Rerun only what failed or never finished, down to the sample; score what is not scored.
 
+    RUN is a run folder, a run id or a work dir (its newest run); default: the newest run.
     Refuses (exit 3) if anything the answers depend on changed since: model commit or content,
-    tokenizer, prompts, data, generation settings; it says what changed.
+    tokenizer, prompts, data, generation settings, library versions; it says what changed.
+    Refuses (exit 5) while another driver runs the same run, before anything is rewritten.
 
     \b
     Example:
       evalcore resume outputs/20261128-101500-ab12
+      evalcore resume                 # the newest run under ./outputs
     """
     import time
 
     from evalcore import driver
     from evalcore.ledger import Ledger
+    from evalcore.runlock import DriverLock
 
     run_dir = driver.find_run(run, work_dir)
-    ctx = driver.check_resume(run_dir, log=lambda s: click.echo(s, err=True))
-    with Ledger(ctx.ledger_path, create=False) as ledger:
-        n = ledger.requeue(ctx.run_id, now=time.time())
-    click.echo(f"run {ctx.run_id}: {ctx.run_dir} ({n} partition(s) requeued)")
-    _execute_and_report(ctx)
+    with DriverLock(run_dir):  # a second driver of this run is refused (exit 5) before anything is rewritten
+        ctx = driver.check_resume(run_dir, log=lambda s: click.echo(s, err=True))
+        with Ledger(ctx.ledger_path, create=False) as ledger:
+            back = driver.hand_back_dead(ledger, ctx.run_id)  # workers of a killed driver: no lease wait
+            n = ledger.requeue(ctx.run_id, now=time.time())
+        click.echo(f"run {ctx.run_id}: {ctx.run_dir} ({n + back} partition(s) requeued)")
+        _execute_and_report(ctx)
 
 
 @evalcore.command()
 @click.argument("run", required=False)
 @click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
+@click.option("--errors", "show_errors", is_flag=True,
+              help="Every failed partition with its whole error message, traceback tail and worker log.")
 @handle_errors
-def status(run: str | None, work_dir: str) -> None:
-    """Progress per model and dataset, failures with their error class, and an ETA.
+def status(run: str | None, work_dir: str, show_errors: bool) -> None:
+    """Progress per model and dataset, failures with their error class, the run's state, an ETA.
+
+    RUN is a run folder, a run id or a work dir (its newest run); default: the newest run. The
+    state is running, done, failed, interrupted, or "driver gone" (its process died); an ETA is
+    shown only while a driver runs. Reads only: an archived read-only run folder works too.
 
     \b
     Example:
       evalcore status                 # the newest run under ./outputs
-      evalcore status 20261128-101500-ab12
+      evalcore status 20261128-101500-ab12 --errors
     """
     from evalcore import driver, report
     from evalcore.ledger import Ledger
+    from evalcore.runstate import error_details, run_state, unscored
 
     run_dir = driver.find_run(run, work_dir)
     run_id = _run_id(run_dir)
-    with Ledger(run_dir / "ledger.db", create=False) as ledger:
+    with Ledger.for_reading(run_dir / "ledger.db") as ledger:
         rows = ledger.progress(run_id)
-        click.echo(f"run {run_id}: {run_dir}")
-        click.echo(report.progress_table(rows))
-        fails = report.failure_table([p for p in ledger.partitions(run_id) if p["status"] == "failed"])
-        if fails:
-            click.echo("\nfailures:\n" + fails)
+        parts = ledger.partitions(run_id)
+        state = run_state(run_dir, (ledger.run(run_id) or {}).get("status", "running"))
+        click.echo(f"run {run_id}: {run_dir}  [{state}]")
+        table = report.progress_table(rows)
+        if state != "running":  # no driver: nothing is progressing, so no ETA
+            table = table.rsplit(", ETA", 1)[0]
+        click.echo(table)
+        missing = unscored(parts, ledger.results(run_id))
+        if missing:
+            click.echo(f"every sample of {', '.join(f'{m} x {d}' for m, d in missing)} is in, but not scored: "
+                       f"{driver.resume_command(run_dir)} scores it")
+        if state in ("interrupted", "driver gone") and not missing:
+            click.echo(f"continue with: {driver.resume_command(run_dir)}")
+        failed = [p for p in parts if p["status"] == "failed"]
+        if show_errors:
+            click.echo("\n" + (error_details(run_dir, failed) or "no failed partitions"))
+        elif failed:
+            click.echo("\nfailures:\n" + report.failure_table(failed) + f"\n(whole messages and logs: evalcore "
+                       f"status {run_dir} --errors)")
 
 
 def _run_id(run_dir: Path) -> str:
@@ -247,15 +278,18 @@ def _run_id(run_dir: Path) -> str:
 
 
 @evalcore.command()
-@click.argument("run")
+@click.argument("run", required=False)
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table")
 @click.option("--samples", "samples_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write one JSON line per sample (prompt, choices and log-likelihoods or generation, "
                    "prediction, gold, metrics).")
 @click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
 @handle_errors
-def report(run: str, fmt: str, samples_file: Path | None, work_dir: str) -> None:
-    """The summary table (dataset, version, metric, mode, one column per model).
+def report(run: str | None, fmt: str, samples_file: Path | None, work_dir: str) -> None:
+    """The summary table (dataset, version, metric, mode, one column per model); md and json add
+    the effective settings of each model x dataset.
+
+    RUN is a run folder, a run id or a work dir (its newest run); default: the newest run.
 
     \b
     Example:
@@ -268,7 +302,7 @@ def report(run: str, fmt: str, samples_file: Path | None, work_dir: str) -> None
     from evalcore.runctx import RunContext
 
     ctx = RunContext.load(driver.find_run(run, work_dir))
-    with Ledger(ctx.ledger_path, create=False) as ledger:
+    with Ledger.for_reading(ctx.ledger_path) as ledger:
         click.echo(_with_settings(_summary(ctx, ledger, fmt), fmt, ledger.partitions(ctx.run_id)))
         if samples_file:
             owner = {p["partition_id"]: (p["model_key"], p["dataset_key"]) for p in ledger.partitions(ctx.run_id)}

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,12 +142,60 @@ def execute(ctx, *, on_progress=None) -> Outcome:
     else:
         from .runners.local import LocalRunner as Runner
     runner = Runner(ctx, on_progress=on_progress)
-    runner.run()
+    previous = _sigterm_interrupts()
+    try:
+        runner.run()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the runner stopped its workers at a batch boundary
+        with Ledger(ctx.ledger_path, create=False) as ledger:
+            hand_back_dead(ledger, ctx.run_id)
+            ledger.set_run_status(ctx.run_id, "interrupted", now=time.time())
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     with Ledger(ctx.ledger_path, create=False) as ledger:
         finalize(ctx, ledger)
         failed = [p for p in ledger.partitions(ctx.run_id) if p["status"] != "done"]
         ledger.set_run_status(ctx.run_id, "failed" if failed else "done", now=time.time())
     return Outcome(ctx.run_dir, ctx.run_id, failed)
+
+
+def _sigterm_interrupts():
+    """SIGTERM (kill, a scheduler's time limit) stops a run the way Ctrl-C does."""
+    def on_term(*_):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread
+        return None
+
+
+def hand_back_dead(ledger, run_id: str) -> int:
+    """Partitions still 'running' whose worker process on this host is gone go back to pending at
+    once (no wait for their lease), without using up an attempt. Called by a driver that holds the
+    run's lock, so no other driver's worker is affected."""
+    host, n = socket.gethostname(), 0
+    for p in ledger.partitions(run_id):
+        if p["status"] == "running" and p["host"] == host and p["claim_token"] and not _alive(p["pid"]):
+            n += bool(ledger.release(run_id, p["partition_id"], p["claim_token"], now=time.time()))
+    return n
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) is gone
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def finalize(ctx, ledger) -> None:
@@ -175,17 +225,21 @@ def finalize(ctx, ledger) -> None:
 
 
 def find_run(ref: str | None, work_dir: str = "outputs") -> Path:
-    """RUN is a run folder, or a run id under the work dir; none means the newest run there."""
+    """RUN is a run folder, a run id under the work dir, or a work dir (its newest run); none
+    means the newest run under --work-dir."""
+    root = Path(work_dir).expanduser()
     if ref:
         p = Path(ref).expanduser()
         if (p / "run.json").is_file():
             return p
-        q = Path(work_dir).expanduser() / ref
+        q = root / ref
         if (q / "run.json").is_file():
             return q
-        raise EvalcoreError(f"no run {ref!r} (neither a run folder nor a run id under {work_dir})",
-                            hint="give the folder or id that `evalcore eval` printed, or --work-dir")
-    root = Path(work_dir).expanduser()
+        if p.is_dir() and any(p.glob("*/run.json")):
+            root = p
+        else:
+            raise EvalcoreError(f"no run {ref!r} (neither a run folder, a run id under {work_dir}, nor a work dir)",
+                                hint="give the folder or id that `evalcore eval` printed, or --work-dir")
     runs = sorted((p for p in root.glob("*/run.json")), key=lambda p: p.parent.name) if root.is_dir() else []
     if not runs:
         raise EvalcoreError(f"no run in {root}", hint="start one with `evalcore eval`, or pass --work-dir")

@@ -6,6 +6,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_VERIFY = 3
 EXIT_OFFLINE = 4
+EXIT_BUSY = 5  # the run is being run by another driver (a concurrent resume)
 
 
 class EvalcoreError(Exception):

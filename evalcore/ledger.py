@@ -190,9 +190,9 @@ class Ledger:
     """One process's handle on a ledger file. Safe to share between threads of one process (a
     heartbeat thread, say); after a fork the child transparently opens its own connection."""
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True, readonly: bool = False) -> None:
         self.path = Path(path)
-        self._h = db.Handle(self.path, create=create, schema=SCHEMA)
+        self._h = db.Handle(self.path, create=create, schema=SCHEMA, readonly=readonly)
         self._write = self._h.write
         self._read = self._h.read
 
@@ -207,6 +207,13 @@ class Ledger:
 
     def close(self) -> None:
         self._h.close()
+
+    @classmethod
+    def for_reading(cls, path: str | os.PathLike[str]) -> Ledger:
+        """status and report: an archived run folder that cannot be written is opened read-only."""
+        p = Path(path)
+        writable = os.access(p.parent, os.W_OK) and (not p.exists() or os.access(p, os.W_OK))
+        return cls(p, create=False, readonly=not writable)
 
     # ---- runs ------------------------------------------------------------------------------
 

@@ -253,3 +253,170 @@ def test_an_error_a_rerun_cannot_fix_does_not_advise_resume(tmp_path):
     assert r.returncode == 1, r.stderr
     assert "no_such_field" in r.stderr and "a rerun cannot fix" in r.stderr and "start a new run" in r.stderr
     assert "evalcore resume" not in r.stderr and "Resume with" not in r.stderr
+
+
+# -- interrupts, the run's state, one driver per run (items 5 and 7) --------------------------------
+
+def _env(tmp_path):
+    from tests.conftest import clean_env
+
+    return clean_env(HF_HOME=str(tmp_path / "hf"), EVALCORE_STATE_DIR=str(tmp_path / "state"))
+
+
+def _ledger(run_dir, sql, *args):
+    import sqlite3
+
+    con = sqlite3.connect(run_dir / "ledger.db", timeout=30)
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
+
+
+def _slow_run(tmp_path, **run):
+    """A scripted run that takes minutes unless stopped (60 s leases: a lease wait would show)."""
+    from tests.test_engine import _start_eval
+
+    plan = _scripted_plan(tmp_path, "backend_options = { sample_seconds = 0.05 }", limit=400,
+                          max_partition_size=400, lease_seconds=60.0, **run)
+    return _start_eval(plan, _env(tmp_path))
+
+
+def _has_samples(run_dir):
+    try:
+        return _ledger(run_dir, "SELECT count(*) FROM samples")[0][0] > 0
+    except Exception:  # noqa: BLE001 - the ledger may not exist yet
+        return False
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupt_hands_partitions_back_and_marks_the_run(tmp_path, sig):
+    import signal
+
+    from tests.conftest import run_cli, wait_for
+
+    p, run_dir = _slow_run(tmp_path)
+    wait_for(lambda: _has_samples(run_dir), timeout=120, what="first samples")
+    p.send_signal(getattr(signal, sig))
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "interrupted" in err and f"evalcore resume {run_dir}" in err
+    assert _ledger(run_dir, "SELECT status FROM runs") == [("interrupted",)]
+    assert _ledger(run_dir, "SELECT count(*) FROM partitions WHERE status = 'running'") == [(0,)]
+    assert ("released",) in _ledger(run_dir, "SELECT outcome FROM attempts")
+    before = _ledger(run_dir, "SELECT count(*) FROM samples")[0][0]
+    assert 0 < before < 400  # nothing lost: what was done is kept
+    r = run_cli("evalcore", "status", run_dir, env=_env(tmp_path))
+    assert r.returncode == 0 and "[interrupted]" in r.stdout and "ETA" not in r.stdout, r.stdout
+    assert f"continue with: evalcore resume {run_dir}" in r.stdout
+    if sig == "SIGTERM":  # resume takes the handed-back work up and finishes; finished samples are reused
+        r = run_cli("evalcore", "resume", run_dir, env=_env(tmp_path))
+        assert r.returncode == 0, r.stderr
+        assert _ledger(run_dir, "SELECT count(*), count(DISTINCT sample_index) FROM samples") == [(400, 400)]
+        assert _ledger(run_dir, "SELECT status FROM runs") == [("done",)]
+
+
+def test_status_of_a_run_whose_driver_died(tmp_path):
+    import signal
+
+    from tests.conftest import run_cli, wait_for
+
+    p, run_dir = _slow_run(tmp_path)
+    wait_for(lambda: _has_samples(run_dir), timeout=120, what="first samples")
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    r = run_cli("evalcore", "status", "--work-dir", tmp_path / "outputs", env=_env(tmp_path))  # newest run
+    assert r.returncode == 0 and "[driver gone]" in r.stdout and "ETA" not in r.stdout, r.stdout
+    # the orphaned workers stop and hand back; resume then takes the work up (no lease wait)
+    wait_for(lambda: _ledger(run_dir, "SELECT count(*) FROM partitions WHERE status = 'running'") == [(0,)],
+             timeout=60, what="orphans handed back")
+
+
+def test_every_sample_but_no_scores_is_not_done_and_resume_scores_it(tmp_path):
+    from tests.conftest import run_cli
+    from tests.test_engine import results, run_dir_of
+
+    env = _env(tmp_path)
+    r = run_cli("evalcore", "eval", _scripted_plan(tmp_path, limit=8), env=env)
+    run_dir = run_dir_of(r.stdout)
+    scored = results(run_dir)
+    import sqlite3  # as if the driver died after the last sample, before scoring
+
+    con = sqlite3.connect(run_dir / "ledger.db")
+    con.execute("DELETE FROM results")
+    con.execute("UPDATE runs SET status = 'running'")
+    con.commit()
+    con.close()
+    r = run_cli("evalcore", "status", run_dir, env=env)
+    assert "ETA done" not in r.stdout and "is in, but not scored" in r.stdout and "[driver gone]" in r.stdout
+    r = run_cli("evalcore", "resume", "--work-dir", tmp_path / "outputs", env=env)  # default: the newest run
+    assert r.returncode == 0, r.stderr
+    assert results(run_dir) == scored
+
+
+def test_a_concurrent_resume_is_refused_before_anything_changes(tmp_path):
+    from tests.conftest import run_cli, tree_state, wait_for
+
+    p, run_dir = _slow_run(tmp_path)
+    try:
+        wait_for(lambda: _has_samples(run_dir), timeout=120, what="first samples")
+        run_json = (run_dir / "run.json").read_bytes()
+        r = run_cli("evalcore", "resume", run_dir, env=_env(tmp_path))
+        assert r.returncode == 5, r.stderr
+        errors = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+        assert len(errors) == 1 and "being run by another driver" in errors[0] and "nothing was changed" in errors[0]
+        assert "requeued" not in r.stdout + r.stderr
+        assert (run_dir / "run.json").read_bytes() == run_json
+        assert "logs" in tree_state(run_dir)
+    finally:
+        p.kill()
+        p.communicate()
+
+
+def test_run_refs_status_errors_and_a_read_only_archive(tmp_path):
+    import os
+    import shutil
+    import stat
+    import subprocess
+    import sys
+    import tempfile
+
+    from tests.conftest import ROOT, run_cli
+    from tests.test_engine import run_dir_of
+
+    env = _env(tmp_path)
+    long_abbr = "a-model-with-a-rather-long-name-for-the-table"
+    plan = _scripted_plan(tmp_path, limit=8).read_text().replace('abbr = "alpha"', f'abbr = "{long_abbr}"')
+    (tmp_path / "plan.toml").write_text(plan)
+    r = run_cli("evalcore", "eval", tmp_path / "plan.toml", env=dict(env, EVALCORE_FAULTS=f"raise@{long_abbr}/arc"))
+    assert r.returncode == 1
+    run_dir = run_dir_of(r.stdout)
+    r = run_cli("evalcore", "status", tmp_path / "outputs", "--errors", env=env)  # a work dir: its newest run
+    assert r.returncode == 0, r.stderr
+    assert f"partition {long_abbr}/arc/0000000-0000008" in r.stdout
+    assert f"RuntimeError: injected fault in {long_abbr}/arc/0000000-0000008 (EVALCORE_FAULTS)" in r.stdout
+    assert f"worker log: {run_dir}/logs/worker-w1.log" in r.stdout and "(not found)" not in r.stdout
+    assert run_cli("evalcore", "report", "--work-dir", tmp_path / "outputs", env=env).returncode == 0  # newest
+    # an archived run folder nobody may write: status and report read it
+    archive = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        os.chmod(archive, 0o755)
+        shutil.copytree(run_dir, archive / run_dir.name)
+        for dirpath, _dirnames, filenames in os.walk(archive / run_dir.name):
+            for n in filenames:
+                os.chmod(Path(dirpath, n), 0o444)
+            os.chmod(dirpath, 0o555)
+        before = {p.name: p.read_bytes() for p in (archive / run_dir.name).iterdir() if p.is_file()}
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+                     "cli.evalcore_cli"]
+        for cmd in (["status", archive / run_dir.name], ["report", archive, "--format", "md"]):
+            r = subprocess.run([*as_nobody, *map(str, cmd)], env=dict(env, HOME=str(archive)), cwd=ROOT,
+                               capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, (cmd, r.stderr)
+        assert "## Settings" in r.stdout
+        after = {p.name: p.read_bytes() for p in (archive / run_dir.name).iterdir() if p.is_file()}
+        assert after == before
+    finally:
+        for dirpath, _dirs, _files in os.walk(archive):
+            os.chmod(dirpath, stat.S_IRWXU)
+        shutil.rmtree(archive)
