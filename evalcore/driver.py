@@ -40,6 +40,9 @@ def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None]
     from .offline import go_offline
 
     validate(plan)
+    from .runctx import check_work_dir
+
+    check_work_dir(plan.run.work_dir)
     if plan.run.offline:
         go_offline()
     from . import data

@@ -144,6 +144,22 @@ def effective_max_out_len(model, task: Task) -> int:
     return task.max_out_len or DEFAULT_MAX_OUT_LEN
 
 
+def check_work_dir(work_dir: str) -> Path:
+    """The work dir must be a folder this process can write (or be creatable in one): checked
+    before anything else, so a bad one costs one line (exit 2), not a traceback after preflight."""
+    p = Path(work_dir).expanduser()
+    q = p
+    while not q.exists() and q != q.parent:
+        q = q.parent
+    if not q.is_dir():
+        where = "is a file" if q == p else f"cannot be made: {q} is a file"
+        raise PlanError(f"work_dir {p} {where}, not a folder", hint="give --work-dir a folder (new or existing)")
+    if not os.access(q, os.W_OK | os.X_OK):
+        what = "is not writable" if q == p else f"cannot be made: {q} is not writable"
+        raise PlanError(f"work_dir {p} {what} by this user", hint="choose a folder you can write (--work-dir)")
+    return p
+
+
 def check_run_dir(work_dir: str, run_id: str) -> Path:
     if "/" in run_id or run_id in ("", ".", ".."):
         raise PlanError(f"invalid run id {run_id!r}")

@@ -420,3 +420,37 @@ def test_run_refs_status_errors_and_a_read_only_archive(tmp_path):
         for dirpath, _dirs, _files in os.walk(archive):
             os.chmod(dirpath, stat.S_IRWXU)
         shutil.rmtree(archive)
+
+
+# -- the work dir (item 10) --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["file", "under_a_file", "not_writable"])
+def test_a_bad_work_dir_is_one_line_exit_2(tmp_path, kind):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from tests.conftest import ROOT, tree_state
+
+    base = Path(tempfile.mkdtemp(dir="/tmp"))  # reachable by the unprivileged user below
+    try:
+        os.chmod(base, 0o755)
+        (base / "afile").write_text("a user's file\n")
+        work = {"file": base / "afile", "under_a_file": base / "afile" / "outputs", "not_writable": base}[kind]
+        plan = _scripted_plan(base, work_dir=str(work), limit=4)
+        os.chmod(plan, 0o644)
+        before = tree_state(base)
+        cmd = [sys.executable, "-m", "cli.evalcore_cli", "eval", str(plan)]
+        if kind == "not_writable":  # root writes anywhere: run as an ordinary user
+            cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+        env = dict(_env(tmp_path), HOME=str(base))
+        r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stderr
+        errors = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+        assert len(errors) == 1 and f"work_dir {work}" in errors[0] and "Traceback" not in r.stderr, r.stderr
+        assert ("is a file" in errors[0] or "not writable" in errors[0])
+        assert tree_state(base) == before
+    finally:
+        shutil.rmtree(base)
