@@ -363,9 +363,9 @@ def gpus() -> None:
     if not path.exists():
         click.echo("no leases yet")
         return
-    with GpuLeases(path, devices, 1) as leases:
+    with GpuLeases(path, [], 1) as leases:  # no devices declared: reads the table, adds no rows
         for r in leases.table(time.time()):
-            held = f"{r.get('owner') or '-'} run {r.get('run_id') or '-'} pid {r.get('pid') or '-'}" if r.get("owner") else "free"
+            held = f"{r.get('owner') or '-'} run {r.get('run') or '-'} pid {r.get('pid') or '-'}" if r.get("owner") else "free"
             click.echo(f"gpu {r['device']} slot {r['slot']}: {held}")
 
 

@@ -68,7 +68,9 @@ class Heartbeat(threading.Thread):
                 claim = self.claim
             if claim is not None and not ledger.heartbeat(self.run_id, claim.partition_id, claim.token,
                                                           now=now, lease_s=self.lease_s):
-                self.lost.set()
+                with self._lock:  # a heartbeat of a claim completed meanwhile says nothing of the next one
+                    if self.claim is claim:
+                        self.lost.set()
             if self.leases is not None and self.gpu_lease is not None:
                 self.leases.renew(self.gpu_lease, now=now, ttl=self.lease_s)
         ledger.close()
@@ -131,10 +133,11 @@ class Worker:
             return 0
         finally:
             self.hb.stop.set()
+            if self.backend is not None:  # let go of the device first: only then may another worker have it
+                self.backend.close()
+                self.backend = None
             if self.leases is not None and self.hb.gpu_lease is not None:
                 self.leases.release(self.hb.gpu_lease)
-            if self.backend is not None:
-                self.backend.close()
             self.ledger.close()
 
     def _eligible_models(self) -> set[str]:

@@ -454,3 +454,78 @@ def test_a_bad_work_dir_is_one_line_exit_2(tmp_path, kind):
         assert tree_state(base) == before
     finally:
         shutil.rmtree(base)
+
+
+# -- heartbeat race, GPU exclusivity across runs (item 6) --------------------------------------------
+
+def test_a_late_heartbeat_of_a_completed_claim_does_not_flag_the_next(monkeypatch):
+    import threading
+    from types import SimpleNamespace
+
+    import evalcore.ledger
+    from evalcore.worker import Heartbeat
+
+    calls, first_in, go_on, second_in = [], threading.Event(), threading.Event(), threading.Event()
+
+    class SlowLedger:  # the heartbeat for claim A is answered after the worker moved on to claim B
+        def __init__(self, *a, **k):
+            pass
+
+        def heartbeat(self, run_id, partition_id, token, *, now, lease_s):
+            calls.append(partition_id)
+            if partition_id == "A":
+                first_in.set()
+                go_on.wait(30)
+                return False  # A was completed meanwhile
+            second_in.set()
+            return True
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(evalcore.ledger, "Ledger", SlowLedger)
+    hb = Heartbeat(Path("unused"), "run", lease_s=0.8, parent_pid=0)
+    hb.track(SimpleNamespace(partition_id="A", token="ta"))
+    hb.start()
+    try:
+        assert first_in.wait(30)
+        hb.track(SimpleNamespace(partition_id="B", token="tb"))
+        go_on.set()
+        assert second_in.wait(30)
+        assert not hb.lost.is_set(), calls
+    finally:
+        hb.stop.set()
+        hb.join(30)
+
+
+def test_a_gpu_held_with_one_worker_per_gpu_is_not_shared_with_another_limit(tmp_path):
+    from evalcore.leases import GpuLeases
+
+    path = tmp_path / "leases.db"
+    kw = {"pid": 0, "host": "h", "now": 100.0, "ttl": 60.0}
+    with GpuLeases(path, ["0", "1"], 1) as alone, GpuLeases(path, ["0", "1"], 2) as shared:
+        a = alone.acquire(1, owner="run1-w1", run_id="run1", **kw)
+        assert a.devices == ("0",)
+        b = shared.acquire(1, owner="run2-w1", run_id="run2", **kw)
+        c = shared.acquire(1, owner="run2-w2", run_id="run2", **kw)
+        assert b.devices == ("1",) and c.devices == ("1",)  # run2 shares GPU 1 with itself only
+        assert shared.acquire(1, owner="run2-w3", run_id="run2", **kw) is None  # never GPU 0
+        alone.release(a)
+        assert shared.acquire(1, owner="run2-w3", run_id="run2", **kw).devices == ("0",)
+        assert alone.acquire(1, owner="run1-w2", run_id="run1", **kw) is None  # GPU 0 is now shared
+
+
+def test_gpus_command_names_the_run_and_adds_no_rows(tmp_path):
+    import sqlite3
+
+    from evalcore.leases import GpuLeases
+    from tests.conftest import clean_env, run_cli
+
+    state = tmp_path / "state"
+    with GpuLeases(state / "gpu_leases.db", ["0"], 1) as leases:
+        leases.acquire(1, owner="w", pid=0, host="h", run_id="run-xyz", now=1e12, ttl=60.0)
+    r = run_cli("evalcore", "gpus", env=clean_env(EVALCORE_STATE_DIR=str(state), EVALCORE_FAKE_GPUS="4"))
+    assert r.returncode == 0 and "run run-xyz" in r.stdout, r.stdout
+    con = sqlite3.connect(state / "gpu_leases.db")
+    assert con.execute("SELECT count(*) FROM slots").fetchone()[0] == 1
+    con.close()

@@ -165,9 +165,9 @@ def test_two_runs_on_one_table_never_oversubscribe(tmp_path):
     run_b = GpuLeases(path, ["0", "1"], 1)
     assert take(run_a, 2, "a", run_id="A") is not None
     assert take(run_b, 1, "b", run_id="B") is None
-    # a run with more slots per GPU may share a GPU; the other run still uses only its own slot 0
+    # a run with more slots per GPU never shares a GPU held by a run with another limit
     wide = GpuLeases(path, ["0", "1"], 2)
-    assert take(wide, 1, "w", run_id="W").slots == (1,)
+    assert take(wide, 1, "w", run_id="W") is None
     narrow = GpuLeases(tmp_path / "n.db", ["0"], 2)
     narrow_1 = GpuLeases(tmp_path / "n.db", ["0"], 1)
     assert take(narrow, 1, "n2").slots == (0,)
