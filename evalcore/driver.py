@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EvalcoreError, PlanError
-from .plan import Plan, plan_to_json, validate
+from .plan import Plan, default_workers, plan_to_json, replace, validate
 
 EXIT_OK, EXIT_PARTIAL = 0, 1
 
@@ -53,6 +53,12 @@ def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None]
     from .runctx import RunContext, check_run_dir, new_run_id, units
 
     devices = discover_gpus(os.environ)
+    if plan.run.max_num_workers is None:  # resolved once, recorded in run.json (resume keeps it)
+        plan = replace(plan, run=replace(plan.run, max_num_workers=default_workers(plan, len(devices))))
+    if not plan.run.offline:
+        from .hubcheck import check_hub_reachable
+
+        check_hub_reachable(plan)
     if devices and plan.run.runner == "local":  # under Slurm the cluster's nodes decide
         for m in plan.models:
             if m.num_gpus > len(devices):
@@ -105,7 +111,7 @@ def start(plan: Plan, argv: list[str], *, log: Callable[[str], None] = print):
     ctx, rows = prepare(plan, log=log)
     ctx.save()
     with Ledger(ctx.ledger_path, create=True) as ledger:
-        ledger.create_run(ctx.run_id, str(ctx.run_dir.parent), plan_to_json(plan), argv, rows, now=time.time())
+        ledger.create_run(ctx.run_id, str(ctx.run_dir.parent), plan_to_json(ctx.plan), argv, rows, now=time.time())
     return ctx
 
 

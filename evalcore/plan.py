@@ -90,7 +90,7 @@ class DatasetSpec:
 @dataclass(frozen=True)
 class RunSettings:
     work_dir: str = "outputs"
-    max_num_workers: int = 1
+    max_num_workers: int | None = None  # None: GPUs x max_workers_per_gpu / num_gpus (one on a CPU host)
     max_workers_per_gpu: int = 1
     max_partition_size: int = 40000
     limit: int | None = None
@@ -370,7 +370,7 @@ def validate(plan: Plan) -> Plan:
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise PlanError(f"two {kind}s share the name {dup[0]!r}", hint="give each an 'abbr'")
-    if plan.run.max_num_workers < 1 or plan.run.max_workers_per_gpu < 1:
+    if (plan.run.max_num_workers is not None and plan.run.max_num_workers < 1) or plan.run.max_workers_per_gpu < 1:
         raise PlanError("max_num_workers and max_workers_per_gpu must be >= 1")
     if plan.run.runner not in ("local", "slurm"):
         raise PlanError(f"unknown runner {plan.run.runner!r} (local or slurm)")
@@ -379,6 +379,16 @@ def validate(plan: Plan) -> Plan:
 
         slurm_settings(plan.run.slurm)  # unknown or bad keys fail here, before a run folder exists
     return plan
+
+
+def default_workers(plan: Plan, n_devices: int) -> int:
+    """OpenCompass's default: as many model instances as the visible GPUs allow (GPUs x workers
+    per GPU / GPUs per instance, for the smallest instance); one on a CPU host or under Slurm
+    (where the login node sees no GPUs: give --max-num-workers for more jobs at once)."""
+    if n_devices == 0 or plan.run.runner != "local":
+        return 1
+    need = min((m.num_gpus for m in plan.models if m.num_gpus > 0), default=1)
+    return max(1, n_devices * plan.run.max_workers_per_gpu // need)
 
 
 def plan_sources(plan: Plan, include=(), exclude=(), trust_remote_code=False) -> list:

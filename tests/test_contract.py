@@ -529,3 +529,51 @@ def test_gpus_command_names_the_run_and_adds_no_rows(tmp_path):
     con = sqlite3.connect(state / "gpu_leases.db")
     assert con.execute("SELECT count(*) FROM slots").fetchone()[0] == 1
     con.close()
+
+
+# -- defaults that match OpenCompass's FAQ (item 8) ---------------------------------------------------
+
+def test_default_workers_follow_the_gpus_and_cuda_visible_devices_restricts_fake_ones():
+    from evalcore.gpus import discover_gpus
+    from evalcore.plan import default_workers
+
+    plan4 = _plan(model={"num_gpus": 4})
+    assert plan4.run.max_num_workers is None
+    assert default_workers(plan4, 8) == 2  # the FAQ's first answer: 8 GPUs / 4 per task
+    assert default_workers(_plan(run={"max_workers_per_gpu": 2}), 8) == 16
+    assert default_workers(_plan(), 0) == 1  # CPU host
+    assert discover_gpus({"EVALCORE_FAKE_GPUS": "8", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}) == ["0", "1", "2", "3"]
+    assert discover_gpus({"EVALCORE_FAKE_GPUS": "8"}) == [str(i) for i in range(8)]
+
+
+def test_default_workers_run_two_4_gpu_tasks_at_once_on_8_fake_gpus(tmp_path):
+    import json
+
+    from tests.conftest import run_cli
+    from tests.test_engine import run_dir_of
+
+    plan = _scripted_plan(tmp_path, "num_gpus = 4", limit=4)
+    text = plan.read_text().replace('max_num_workers = 1\n', '')
+    plan.write_text(text)
+    r = run_cli("evalcore", "eval", plan, env=dict(_env(tmp_path), EVALCORE_FAKE_GPUS="8"))
+    assert r.returncode == 0, r.stderr
+    recorded = json.loads((run_dir_of(r.stdout) / "run.json").read_text())["plan"]["run"]
+    assert recorded["max_num_workers"] == 2
+
+
+def test_no_offline_with_an_unreachable_hub_fails_at_once(tmp_path):
+    import socket
+
+    from tests.conftest import run_cli
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there
+    env = dict(_env(tmp_path), HF_ENDPOINT=f"http://127.0.0.1:{port}")
+    r = run_cli("evalcore", "eval", "--hf-path", "org/m", "--datasets", "arc_easy_ppl", "--no-offline",
+                "--work-dir", tmp_path / "out", env=env, timeout=60)
+    assert r.returncode == 4, r.stderr
+    errors = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and "cannot be reached" in errors[0] and f"127.0.0.1:{port}" in errors[0]
+    assert not (tmp_path / "out").exists()
