@@ -163,12 +163,26 @@ def _execute_and_report(ctx) -> None:
 
 
 class _ProgressBar:
+    """A bar on a terminal; otherwise plain lines (evalcore/progress.py) on stderr."""
+
     def __init__(self) -> None:
+        import time
+
+        from evalcore.progress import ProgressLines
+
         self.bar = None
+        self.lines = None if sys.stderr.isatty() else ProgressLines(time.time())
 
     def update(self, rows) -> None:
         from tqdm.auto import tqdm
 
+        if self.lines is not None:
+            import time
+
+            line = self.lines.update(rows, time.time())
+            if line:
+                click.echo(line, err=True)
+            return
         total = sum(r["samples_total"] for r in rows)
         done = sum(r["samples_done"] for r in rows)
         if self.bar is None:

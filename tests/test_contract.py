@@ -577,3 +577,32 @@ def test_no_offline_with_an_unreachable_hub_fails_at_once(tmp_path):
     errors = [x for x in r.stderr.splitlines() if x.startswith("error:")]
     assert len(errors) == 1 and "cannot be reached" in errors[0] and f"127.0.0.1:{port}" in errors[0]
     assert not (tmp_path / "out").exists()
+
+
+# -- progress when the output is not a terminal (item 9) ---------------------------------------------
+
+def test_progress_lines_every_period_and_at_each_partition_end():
+    from evalcore.progress import ProgressLines
+
+    def rows(done, ended):
+        return [{"samples_total": 100, "samples_done": done,
+                 "partitions": {"pending": 4 - ended, "running": 0, "done": ended, "failed": 0}}]
+
+    p = ProgressLines(started_at=0.0, period_s=30.0)
+    assert p.update(rows(0, 0), now=1.0) is None
+    assert p.update(rows(10, 0), now=10.0) is None
+    line = p.update(rows(25, 1), now=12.0)  # a partition ended
+    assert line == "progress: 25/100 samples (25%), 1/4 partitions ended, 2.1 samples/s, ETA 0m36s"
+    assert p.update(rows(30, 1), now=20.0) is None
+    assert p.update(rows(40, 1), now=42.5).startswith("progress: 40/100")  # 30 s since the last line
+
+
+def test_a_run_without_a_terminal_prints_progress_lines(tmp_path):
+    from tests.conftest import run_cli
+
+    plan = _scripted_plan(tmp_path, "backend_options = { sample_seconds = 0.1 }", limit=40, max_partition_size=40)
+    r = run_cli("evalcore", "eval", plan, env=_env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.startswith("progress: ")]
+    assert len(lines) >= 2 and lines[-1].startswith("progress: 40/40 samples (100%), 4/4 partitions ended")
+    assert "samples/s" in lines[-1] and "ETA done" in lines[-1]
