@@ -214,7 +214,8 @@ class Worker:
         spec = self.models[name]
         started = time.time()
         fake = bool(os.environ.get("EVALCORE_FAKE_GPUS"))  # declared devices that torch cannot see
-        self.backend = make_backend(spec, self.ctx.resolved, self.threads, bool(self.n_gpus) and not fake)
+        self.backend = make_backend(spec, self.ctx.resolved, self.threads, bool(self.n_gpus) and not fake,
+                                    gpus=self.n_gpus)
         self.loaded = name
         self.ledger.record_load(self.run_id, self.worker_id, name, started_at=started, seconds=time.time() - started)
         print(f"[{self.worker_id}] loaded {name} in {time.time() - started:.1f} s", flush=True)
@@ -277,7 +278,7 @@ def chunk_size(spec, mode: str) -> int:
     return max(1, bs if mode == "gen" else 2 * bs)
 
 
-def make_backend(spec, resolved, threads: int | None, on_gpu: bool):
+def make_backend(spec, resolved, threads: int | None, on_gpu: bool, gpus: int = 1):
     """The backend for a model of the plan, loaded from what the preflight resolved."""
     if spec.backend == "scripted":
         from .backends.scripted import ScriptedBackend
@@ -285,16 +286,22 @@ def make_backend(spec, resolved, threads: int | None, on_gpu: bool):
         return ScriptedBackend(spec.name, spec.backend_options)
     from .backends.base import ModelSettings
     from .backends.hf import HFBackend
+    from .placement import GPU_ONLY_KWARGS, placement
 
     lm = resolved.models[spec.name]
     tok = resolved.tokenizers.get(spec.name)
     kwargs = dict(spec.model_kwargs)
     dtype = str(kwargs.pop("torch_dtype", kwargs.pop("dtype", "float32"))).removeprefix("torch.")
-    device_map = kwargs.pop("device_map", None)
+    where = placement(kwargs, gpus if on_gpu else 0, on_gpu)
+    for k in GPU_ONLY_KWARGS:
+        kwargs.pop(k, None)
+    if where.max_memory is not None:
+        kwargs["max_memory"] = where.max_memory
+    device_map = where.device_map
     return HFBackend(ModelSettings(
         path=lm.load_path, revision=lm.revision,
         tokenizer_path=tok.load_path if tok else None, tokenizer_revision=tok.revision if tok else None,
-        dtype=dtype, device="cuda" if on_gpu else "cpu", device_map=device_map,
+        dtype=dtype, device=where.device, device_map=device_map,
         trust_remote_code=lm.trust_remote_code, model_kwargs=kwargs, tokenizer_kwargs=dict(spec.tokenizer_kwargs),
         batch_size=spec.batch_size if (on_gpu or spec.batch_size != "auto") else 8,
         max_seq_len=spec.max_seq_len, batch_padding=spec.batch_padding, chat_template=spec.chat_template,

@@ -606,3 +606,63 @@ def test_a_run_without_a_terminal_prints_progress_lines(tmp_path):
     lines = [x for x in r.stderr.splitlines() if x.startswith("progress: ")]
     assert len(lines) >= 2 and lines[-1].startswith("progress: 40/40 samples (100%), 4/4 partitions ended")
     assert "samples/s" in lines[-1] and "ETA done" in lines[-1]
+
+
+# -- placement: several GPUs, device_map, CPU runs (item 3) -------------------------------------------
+
+def test_placement_spreads_over_exactly_the_leased_gpus():
+    from evalcore.placement import LEASED, placement
+
+    four = placement({}, leased_gpus=4, on_gpu=True)
+    assert (four.device, four.device_map, four.max_memory) == ("cuda", "auto", LEASED)
+    one = placement({}, leased_gpus=1, on_gpu=True)
+    assert (one.device_map, one.max_memory) == (None, None)  # moved to its one GPU
+    auto = placement({"device_map": "auto"}, leased_gpus=1, on_gpu=True)
+    assert auto.device_map == "auto" and auto.max_memory == LEASED
+    cpu = placement({"device_map": "auto", "max_memory": {0: "10GiB"}}, leased_gpus=0, on_gpu=False)
+    assert cpu.device == "cpu" and cpu.device_map is None and len(cpu.ignored) == 2
+
+
+def test_max_memory_leased_names_every_visible_gpu(monkeypatch):
+    """The HF backend turns the marker into the devices this worker sees (fake CUDA: 4 GPUs)."""
+    import torch
+
+    import evalcore.backends.hf as hf
+
+    calls = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (1, 80 * 2**30))
+
+    def from_pretrained(name, **kw):
+        calls.update(kw)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(hf.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    backend = hf.HFBackend.__new__(hf.HFBackend)
+    backend.settings = hf.ModelSettings(path="/x", device="cuda", device_map="auto")
+    backend._model_kwargs = {"max_memory": "leased"}
+    backend._model_src = hf._Source("/x", None, True)
+    backend._trust = False
+    with pytest.raises(hf.BackendError):
+        backend._load_model()
+    assert calls["device_map"] == "auto" and calls["max_memory"] == {i: 80 * 2**30 for i in range(4)}
+
+
+def test_cpu_run_says_gpu_settings_were_ignored(tmp_path, tiny_model_dir):
+    import json
+    import sqlite3
+
+    from tests.conftest import run_cli
+    from tests.test_engine import run_dir_of
+
+    r = _eval_local_model(tmp_path, tiny_model_dir, "num_gpus = 2\nmodel_kwargs = { device_map = 'auto' }\nbatch_size = 4")
+    assert r.returncode == 0, r.stderr
+    run_dir = run_dir_of(r.stdout)
+    con = sqlite3.connect(run_dir / "ledger.db")
+    spec = json.loads(con.execute("SELECT spec_json FROM partitions").fetchone()[0])
+    con.close()
+    assert spec["num_gpus"] == 0
+    assert "no GPU on this host: ran on the CPU; ignored num_gpus=2, device_map='auto'" in spec["notes"][0]
+    md = run_cli("evalcore", "report", run_dir, "--format", "md", env=_env(tmp_path)).stdout
+    assert "ignored num_gpus=2, device_map='auto'" in md
