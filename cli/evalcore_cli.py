@@ -208,8 +208,10 @@ def _summary(ctx, ledger, fmt: str) -> str:
 @evalcore.command()
 @click.argument("run", required=False)
 @click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
+@click.option("--runner", type=click.Choice(["local", "slurm"]), default=None,
+              help="Continue with this runner (default: the run's own); recorded in run.json.")
 @handle_errors
-def resume(run: str | None, work_dir: str) -> None:
+def resume(run: str | None, work_dir: str, runner: str | None) -> None:
     """Rerun only what failed or never finished, down to the sample; score what is not scored.
 
     RUN is a run folder, a run id or a work dir (its newest run); default: the newest run.
@@ -221,6 +223,7 @@ def resume(run: str | None, work_dir: str) -> None:
     Example:
       evalcore resume outputs/20261128-101500-ab12
       evalcore resume                 # the newest run under ./outputs
+      evalcore resume RUN --runner slurm
     """
     import time
 
@@ -230,7 +233,7 @@ def resume(run: str | None, work_dir: str) -> None:
 
     run_dir = driver.find_run(run, work_dir)
     with DriverLock(run_dir):  # a second driver of this run is refused (exit 5) before anything is rewritten
-        ctx = driver.check_resume(run_dir, log=lambda s: click.echo(s, err=True))
+        ctx = driver.check_resume(run_dir, log=lambda s: click.echo(s, err=True), runner=runner)
         with Ledger(ctx.ledger_path, create=False) as ledger:
             back = driver.hand_back_dead(ledger, ctx.run_id)  # workers of a killed driver: no lease wait
             n = ledger.requeue(ctx.run_id, now=time.time())

@@ -115,14 +115,16 @@ def start(plan: Plan, argv: list[str], *, log: Callable[[str], None] = print):
     return ctx
 
 
-def check_resume(run_dir: Path, log: Callable[[str], None] = print):
-    """Reload a run; refuse if a partition's key changed (model, tokenizer, prompt, data, ...)."""
+def check_resume(run_dir: Path, log: Callable[[str], None] = print, runner: str | None = None):
+    """Reload a run; refuse if a partition's key changed (model, tokenizer, prompt, data, ...).
+    `runner` (resume --runner) continues the run with the other runner; it is recorded."""
     from .ledger import Ledger
     from .partition import diff_keys
     from .runctx import RunContext
 
     old = RunContext.load(run_dir)
-    ctx, rows = prepare(old.plan, run_id=old.run_id, log=log)
+    plan = old.plan if runner is None else replace(old.plan, run=replace(old.plan.run, runner=runner))
+    ctx, rows = prepare(plan, run_id=old.run_id, log=log)
     ctx.run_dir = run_dir
     with Ledger(ctx.ledger_path, create=False) as ledger:
         recorded = {p["partition_id"]: p for p in ledger.partitions(ctx.run_id)}

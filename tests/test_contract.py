@@ -666,3 +666,23 @@ def test_cpu_run_says_gpu_settings_were_ignored(tmp_path, tiny_model_dir):
     assert "no GPU on this host: ran on the CPU; ignored num_gpus=2, device_map='auto'" in spec["notes"][0]
     md = run_cli("evalcore", "report", run_dir, "--format", "md", env=_env(tmp_path)).stdout
     assert "ignored num_gpus=2, device_map='auto'" in md
+
+
+def test_resume_with_the_other_runner(tmp_path):
+    import json
+
+    from tests.conftest import run_cli
+    from tests.test_engine import results, run_dir_of
+
+    env = _env(tmp_path)
+    r = run_cli("evalcore", "eval", _scripted_plan(tmp_path, limit=8, max_partition_size=8),
+                env=dict(env, EVALCORE_FAULTS="raise@alpha/arc/0000004"))
+    assert r.returncode == 1
+    run_dir = run_dir_of(r.stdout)
+    doc = json.loads((run_dir / "run.json").read_text())
+    doc["plan"]["run"]["runner"] = "slurm"  # as if it had been started under Slurm
+    (run_dir / "run.json").write_text(json.dumps(doc))
+    r = run_cli("evalcore", "resume", run_dir, "--runner", "local", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run_dir / "run.json").read_text())["plan"]["run"]["runner"] == "local"
+    assert ("alpha", "arc", "acc") in results(run_dir)
