@@ -686,3 +686,25 @@ def test_resume_with_the_other_runner(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads((run_dir / "run.json").read_text())["plan"]["run"]["runner"] == "local"
     assert ("alpha", "arc", "acc") in results(run_dir)
+
+
+# -- make demo's comparison (item 11) -----------------------------------------------------------------
+
+def test_demo_compares_with_a_reference_on_the_same_checkpoint_and_questions(tmp_path):
+    import json
+    import sqlite3
+
+    from scripts import demo
+
+    acc, n, sha = demo.reference_acc(100)
+    assert n == 100 and 0 < acc < 1 and len(sha) == 64
+    assert demo.reference_acc(20)[1] == 20
+    assert demo.REPO_ID != "HuggingFaceTB/SmolLM2-135M-Instruct"  # a dequantized copy has its own id
+    ledger = tmp_path / "ledger.db"
+    con = sqlite3.connect(ledger)
+    con.execute("CREATE TABLE samples (output_json TEXT)")
+    con.executemany("INSERT INTO samples VALUES (?)",
+                    [(json.dumps({"index": i, "metrics": {"acc": float(i % 2)}}),) for i in range(30)])
+    con.commit()
+    con.close()
+    assert demo.evalcore_acc(tmp_path, 20) == (0.5, 20)
