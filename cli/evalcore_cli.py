@@ -320,7 +320,7 @@ def report(run: str | None, fmt: str, samples_file: Path | None, work_dir: str) 
 
     ctx = RunContext.load(driver.find_run(run, work_dir))
     with Ledger.for_reading(ctx.ledger_path) as ledger:
-        click.echo(_with_settings(_summary(ctx, ledger, fmt), fmt, ledger.partitions(ctx.run_id)))
+        click.echo(_with_settings(_summary(ctx, ledger, fmt), fmt, ledger.partitions(ctx.run_id), ctx.run_dir))
         if samples_file:
             owner = {p["partition_id"]: (p["model_key"], p["dataset_key"]) for p in ledger.partitions(ctx.run_id)}
             tmp = samples_file.with_name(samples_file.name + ".tmp")
@@ -333,14 +333,14 @@ def report(run: str | None, fmt: str, samples_file: Path | None, work_dir: str) 
             click.echo(f"wrote {n} samples to {samples_file}", err=True)
 
 
-def _with_settings(text: str, fmt: str, partitions) -> str:
+def _with_settings(text: str, fmt: str, partitions, run_dir) -> str:
     """The summary plus the effective settings of each model x dataset (json: a `settings` entry
     per row, model -> settings; md: a Settings section)."""
     import json
 
     from evalcore.settings import settings_markdown, settings_of
 
-    settings = settings_of(partitions)
+    settings = settings_of(partitions, run_dir)
     if fmt == "md":
         return text + "\n\n" + settings_markdown(settings) if settings else text
     if fmt != "json" or not text:

@@ -44,7 +44,7 @@ def score_gen(task: Task, row: dict, index: int, prompt: str, generation: str, *
 
         result = check_humaneval(row, generation, allow_execution=allow_code_execution)
         rec["pred"] = result.status
-        rec["execution"] = {"status": result.status, "message": result.message[-500:]}
+        rec["execution"] = {"status": result.status, "message": result.message[-500:], "isolation": result.isolation}
         rec["metrics"] = {"pass@1": float(result.passed)}
     else:
         rec["pred"] = generation.strip()

@@ -8,8 +8,10 @@ Pure apart from reading installed package versions (importlib.metadata: nothing 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping
 from importlib import metadata
+from pathlib import Path
 
 # The libraries the answers of each backend depend on (part of every partition's key).
 LIBRARIES = {"hf": ("torch", "transformers", "tokenizers", "accelerate"), "scripted": ()}
@@ -65,8 +67,39 @@ def effective_settings(model, dataset, task, *, max_out_len: int | None, limit: 
     }
 
 
-def settings_of(partitions: Iterable[Mapping]) -> dict[tuple[str, str], dict]:
-    """(model, dataset) -> settings, read back from the ledger's partitions."""
+FALLBACKS = "logs/fallbacks.jsonl"
+
+
+def record_fallback(run_dir: Path, model: str, dataset: str, kind: str, reason: str, worker: str) -> None:
+    """One line per fallback a worker took (a single short append: whole lines, whoever writes)."""
+    line = json.dumps({"model": model, "dataset": dataset, "kind": kind, "reason": reason, "worker": worker,
+                       "at": time.time()}, ensure_ascii=False)
+    with open(Path(run_dir) / FALLBACKS, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+def fallbacks_of(run_dir: Path) -> dict[tuple[str, str], list[str]]:
+    """(model, dataset) -> the fallbacks taken, in words (each once)."""
+    out: dict[tuple[str, str], list[str]] = {}
+    try:
+        lines = (Path(run_dir) / FALLBACKS).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        text = f"fallback: {rec['kind']} ({rec['reason']})"
+        seen = out.setdefault((rec["model"], rec["dataset"]), [])
+        if text not in seen:
+            seen.append(text)
+    return out
+
+
+def settings_of(partitions: Iterable[Mapping], run_dir: Path | None = None) -> dict[tuple[str, str], dict]:
+    """(model, dataset) -> settings, read back from the ledger's partitions; with `run_dir`, the
+    fallbacks its workers took are added to the notes."""
     out: dict[tuple[str, str], dict] = {}
     for p in partitions:
         key = (p["model_key"], p["dataset_key"])
@@ -77,6 +110,10 @@ def settings_of(partitions: Iterable[Mapping]) -> dict[tuple[str, str], dict]:
                 spec = {}
             if spec:
                 out[key] = spec
+    if run_dir is not None:
+        for key, notes in fallbacks_of(run_dir).items():
+            if key in out:
+                out[key] = {**out[key], "notes": [*out[key].get("notes", []), *notes]}
     return out
 
 

@@ -112,6 +112,7 @@ class Worker:
         self.backend = None
         self.loaded: str | None = None
         self._rows: dict[tuple[str, str], list[dict]] = {}
+        self._fallbacks: set[tuple[str, str, str]] = set()
         self._stopping = False  # set by a signal handler: a plain flag (an Event's lock can deadlock there)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -270,6 +271,27 @@ class Worker:
             rows_json = [(r["index"], json.dumps(r, ensure_ascii=False)) for r in recs]
             if not self.ledger.add_samples(self.run_id, claim.partition_id, claim.token, rows_json, now=time.time()):
                 raise ClaimLost()
+            self._record_fallbacks(claim, recs)
+
+    def _record_fallbacks(self, claim, recs: list[dict]) -> None:
+        """A slower or weaker path taken without being asked goes on record (logs/fallbacks.jsonl;
+        shown by `evalcore report`), once per model x dataset and kind."""
+        from .settings import record_fallback
+
+        found = []
+        reason = getattr(self.backend, "packed_fallback_reason", None)
+        if reason:
+            found.append(("shared-context scoring off (plain, slower; same numbers)", reason))
+        if any((r.get("execution") or {}).get("isolation") == "guard" for r in recs):
+            found.append(("code sandbox without a network namespace", "unshare -rn does not work on this "
+                          "host: generated code ran with the Python socket guard and rlimits only"))
+        for kind, why in found:
+            key = (claim.model_key, claim.dataset_key, kind)
+            if key not in self._fallbacks:
+                self._fallbacks.add(key)
+                record_fallback(self.ctx.run_dir, claim.model_key, claim.dataset_key, kind, why, self.worker_id)
+                print(f"[{self.worker_id}] fallback for {claim.model_key} x {claim.dataset_key}: {kind}: {why}",
+                      flush=True)
 
 
 def chunk_size(spec, mode: str) -> int:

@@ -708,3 +708,21 @@ def test_demo_compares_with_a_reference_on_the_same_checkpoint_and_questions(tmp
     con.commit()
     con.close()
     assert demo.evalcore_acc(tmp_path, 20) == (0.5, 20)
+
+
+def test_a_fallback_is_recorded_in_the_run_and_shown_by_report(tmp_path, tiny_model_dir):
+    import json
+
+    from tests.conftest import run_cli
+    from tests.test_engine import run_dir_of
+
+    r = _eval_local_model(tmp_path, tiny_model_dir, "model_kwargs = { attn_implementation = 'flex_attention' }")
+    assert r.returncode == 0, r.stderr
+    run_dir = run_dir_of(r.stdout)
+    events = [json.loads(x) for x in (run_dir / "logs" / "fallbacks.jsonl").read_text().splitlines()]
+    assert len(events) == 1 and events[0]["kind"].startswith("shared-context scoring off")
+    assert "flex_attention" in events[0]["reason"]
+    md = run_cli("evalcore", "report", run_dir, "--format", "md", env=_env(tmp_path)).stdout
+    assert "fallback: shared-context scoring off" in md
+    rows = json.loads(run_cli("evalcore", "report", run_dir, "--format", "json", env=_env(tmp_path)).stdout)
+    assert any("fallback: shared-context" in n for n in rows[0]["settings"]["m"]["notes"])
