@@ -726,3 +726,22 @@ def test_a_fallback_is_recorded_in_the_run_and_shown_by_report(tmp_path, tiny_mo
     assert "fallback: shared-context scoring off" in md
     rows = json.loads(run_cli("evalcore", "report", run_dir, "--format", "json", env=_env(tmp_path)).stdout)
     assert any("fallback: shared-context" in n for n in rows[0]["settings"]["m"]["notes"])
+
+
+def test_the_faq_command_line_means_what_it_says(tmp_path):
+    """The OpenCompass FAQ's local-model command: every flag lands where it takes effect."""
+    from cli.evalcore_cli import _plan_from, evalcore, expand_nargs
+
+    argv = expand_nargs(["eval", "--datasets", "siqa_gen", "--hf-path", str(tmp_path), "--tokenizer-path",
+                         str(tmp_path), "--model-kwargs", "device_map='auto'", "trust_remote_code=True",
+                         "--tokenizer-kwargs", "padding_side='left'", "truncation='left'", "use_fast=False",
+                         "trust_remote_code=True", "--max-out-len", "100", "--max-seq-len", "2048",
+                         "--batch-size", "8", "--no-batch-padding", "--num-gpus", "1"])
+    sub_ctx = evalcore.get_command(None, "eval").make_context("eval", argv[1:])
+    flags = {k: v for k, v in sub_ctx.params.items() if k != "plan_file"}
+    m = _plan_from(None, flags).models[0]
+    assert m.trust_remote_code is True and "trust_remote_code" not in m.model_kwargs
+    assert "trust_remote_code" not in m.tokenizer_kwargs and m.tokenizer_kwargs["padding_side"] == "left"
+    assert m.model_kwargs["device_map"] == "auto" and m.max_out_len == 100 and m.max_seq_len == 2048
+    assert m.batch_size == 8 and m.batch_padding is False and m.num_gpus == 1
+    assert effective_max_out_len(m, task_for(_plan(datasets=[{"name": "siqa_gen"}]).datasets[0])) == 100
