@@ -157,7 +157,8 @@ def _execute_and_report(ctx) -> None:
                            f"fix it, then start a new run (evalcore eval ...). Details: evalcore status "
                            f"{ctx.run_dir} --errors", err=True)
             if fixed_by_rerun:
-                click.echo(f"\n{len(fixed_by_rerun)} partition(s) did not finish. Resume with:\n  "
+                click.echo(f"\n{len(fixed_by_rerun)} partition(s) did not finish (whole errors and worker logs: "
+                           f"evalcore status {ctx.run_dir} --errors). Resume with:\n  "
                            f"{driver.resume_command(ctx.run_dir)}", err=True)
     sys.exit(outcome.exit_code)
 

@@ -95,7 +95,8 @@ def _settings_json(ctx, n_devices: int) -> dict[tuple[str, str], str]:
             t = tasks[d.abbr]
             out[(m.name, d.abbr)] = json.dumps(effective_settings(
                 m, d, t, max_out_len=effective_max_out_len(m, t), limit=d.limit if d.limit is not None
-                else ctx.plan.run.limit, n_devices=n_devices, runner=ctx.plan.run.runner), sort_keys=True)
+                else ctx.plan.run.limit, n_devices=n_devices, runner=ctx.plan.run.runner,
+                workers_per_gpu=ctx.plan.run.max_workers_per_gpu), sort_keys=True)
     return out
 
 

@@ -180,6 +180,11 @@ def _model(d: Mapping, where: str) -> ModelSpec:
         raise PlanError(f"{where}: unknown backend {m.backend!r} ({' or '.join(BACKEND_OPTIONS)})")
     _check_dtype(m.model_kwargs, where)
     _check_options(m.backend, m.backend_options, where)
+    for key, path, rev in (("revision", m.path, m.revision),
+                           ("tokenizer_revision", m.tokenizer_path or m.path, m.tokenizer_revision)):
+        if rev and m.backend == "hf" and is_local(path):
+            raise PlanError(f"{where}: '{key}' = {rev!r} names a hub revision, but {path} is a local folder",
+                            hint="drop the revision (a local folder has one version), or give a hub repo id")
     return m
 
 

@@ -31,7 +31,7 @@ def library_versions(backend: str) -> dict[str, str | None]:
 
 
 def effective_settings(model, dataset, task, *, max_out_len: int | None, limit: int | None,
-                       n_devices: int, runner: str) -> dict:
+                       n_devices: int, runner: str, workers_per_gpu: int = 1) -> dict:
     """One model x dataset's settings as they run. `notes` lists every setting the host or the
     task does not use, in words (nothing is ignored silently)."""
     gen = task.mode == "gen"
@@ -44,6 +44,8 @@ def effective_settings(model, dataset, task, *, max_out_len: int | None, limit: 
         ignored += [f"{k}={model.model_kwargs[k]!r}" for k in GPU_ONLY_KWARGS if k in model.model_kwargs]
         if model.batch_size == "auto":
             ignored.append("batch_size='auto' (8 on the CPU)")
+        if workers_per_gpu != 1:
+            ignored.append(f"max_workers_per_gpu={workers_per_gpu}")
         if ignored:
             notes.append("no GPU on this host: ran on the CPU; ignored " + ", ".join(ignored))
     return {

@@ -17,7 +17,8 @@ DS = [{"name": "gsm8k_gen"}]
 
 
 def _plan(model=None, run=None, datasets=DS):
-    return parse_plan({"models": [{"path": "org/m", **(model or {})}], "datasets": datasets, "run": run or {}})
+    model = {"path": "/tmp" if "revision" in (model or {}) else "org/m", **(model or {})}
+    return parse_plan({"models": [model], "datasets": datasets, "run": run or {}})
 
 
 @pytest.mark.parametrize("section, key, value, needle", [
@@ -36,6 +37,7 @@ def _plan(model=None, run=None, datasets=DS):
     ("model", "model_kwargs", {"dtype": "float16", "torch_dtype": "float32"}, "which one?"),
     ("model", "model_kwargs", {"torch_dtype": "float17"}, "is not a dtype"),
     ("model", "model_kwargs", {"trust_remote_code": True}, None),
+    ("model", "revision", "v2", "names a hub revision, but /tmp is a local folder"),
 ])
 def test_bad_values_are_refused_naming_the_key(section, key, value, needle):
     if needle is None:  # trust_remote_code in model_kwargs: lifted to the one model-level setting
