@@ -184,11 +184,13 @@ def _sigterm_interrupts():
 
 
 def hand_back_dead(ledger, run_id: str) -> int:
-    """Partitions still 'running' whose worker process on this host is gone go back to pending at
-    once (no wait for their lease), without using up an attempt. Called by a driver that holds the
+    """Partitions still 'running' whose local worker process on this host is gone go back to pending
+    at once (no wait for their lease), without using up an attempt. Called by a driver that holds the
     run's lock, so no other driver's worker is affected."""
     host, n = socket.gethostname(), 0
     for p in ledger.partitions(run_id):
+        if (p["claimed_by"] or "").startswith("slurm-"):  # Slurm jobs: the Slurm runner hands those back
+            continue
         if p["status"] == "running" and p["host"] == host and p["claim_token"] and not _alive(p["pid"]):
             n += bool(ledger.release(run_id, p["partition_id"], p["claim_token"], now=time.time()))
     return n
