@@ -40,9 +40,10 @@ def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None]
     from .offline import go_offline
 
     validate(plan)
-    from .runctx import check_work_dir
+    if run_id is None:  # a new run (resume writes into the run folder it was given)
+        from .runctx import check_work_dir
 
-    check_work_dir(plan.run.work_dir)
+        check_work_dir(plan.run.work_dir)
     if plan.run.offline:
         go_offline()
     from . import data
