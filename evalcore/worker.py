@@ -133,13 +133,17 @@ class Worker:
                 self._run_claim(claim)
             return 0
         finally:
-            self.hb.stop.set()
-            if self.backend is not None:  # let go of the device first: only then may another worker have it
-                self.backend.close()
-                self.backend = None
-            if self.leases is not None and self.hb.gpu_lease is not None:
-                self.leases.release(self.hb.gpu_lease)
-            self.ledger.close()
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        """Stop heartbeating, free the model, and only then hand the GPU lease back."""
+        self.hb.stop.set()
+        if self.backend is not None:  # let go of the device first: only then may another worker have it
+            self.backend.close()
+            self.backend = None
+        if self.leases is not None and self.hb.gpu_lease is not None:
+            self.leases.release(self.hb.gpu_lease)
+        self.ledger.close()
 
     def _eligible_models(self) -> set[str]:
         """Models this worker may run: those needing exactly its GPU count; on a host without

@@ -747,3 +747,19 @@ def test_the_faq_command_line_means_what_it_says(tmp_path):
     assert m.model_kwargs["device_map"] == "auto" and m.max_out_len == 100 and m.max_seq_len == 2048
     assert m.batch_size == 8 and m.batch_padding is False and m.num_gpus == 1
     assert effective_max_out_len(m, task_for(_plan(datasets=[{"name": "siqa_gen"}]).datasets[0])) == 100
+
+
+def test_the_gpu_lease_is_released_only_after_the_model_is_freed():
+    import threading
+    from types import SimpleNamespace
+
+    from evalcore.worker import Worker
+
+    order = []
+    w = Worker.__new__(Worker)
+    w.hb = SimpleNamespace(stop=threading.Event(), gpu_lease="lease")
+    w.backend = SimpleNamespace(close=lambda: order.append("model freed"))
+    w.leases = SimpleNamespace(release=lambda lease: order.append(f"{lease} released"))
+    w.ledger = SimpleNamespace(close=lambda: order.append("ledger closed"))
+    w._shutdown()
+    assert order == ["model freed", "lease released", "ledger closed"] and w.hb.stop.is_set()
