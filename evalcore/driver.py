@@ -111,6 +111,12 @@ def start(plan: Plan, argv: list[str], *, log: Callable[[str], None] = print):
     from .ledger import Ledger
 
     ctx, rows = prepare(plan, log=log)
+    said = set()
+    for r in rows:  # settings that will not be used, said plainly before the run (also in the report)
+        for note in json.loads(r.spec_json).get("notes", []):
+            if (r.model_key, note) not in said:
+                said.add((r.model_key, note))
+                log(f"note: {r.model_key} x {r.dataset_key}: {note}")
     ctx.save()
     with Ledger(ctx.ledger_path, create=True) as ledger:
         ledger.create_run(ctx.run_id, str(ctx.run_dir.parent), plan_to_json(ctx.plan), argv, rows, now=time.time())

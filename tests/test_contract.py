@@ -668,6 +668,7 @@ def test_cpu_run_says_gpu_settings_were_ignored(tmp_path, tiny_model_dir):
     assert "no GPU on this host: ran on the CPU; ignored num_gpus=2, device_map='auto'" in spec["notes"][0]
     md = run_cli("evalcore", "report", run_dir, "--format", "md", env=_env(tmp_path)).stdout
     assert "ignored num_gpus=2, device_map='auto'" in md
+    assert "note: m x arc: no GPU on this host: ran on the CPU; ignored num_gpus=2" in r.stderr  # said up front
 
 
 def test_resume_with_the_other_runner(tmp_path):
