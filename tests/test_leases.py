@@ -39,7 +39,8 @@ def held(g: GpuLeases) -> list[tuple[str, int, str]]:
     ({"EVALCORE_FAKE_GPUS": "3"}, ["0", "1", "2"]),
     ({"EVALCORE_FAKE_GPUS": "0"}, []),
     ({"EVALCORE_FAKE_GPUS": "a, b"}, ["a", "b"]),
-    ({"EVALCORE_FAKE_GPUS": "2", "CUDA_VISIBLE_DEVICES": "5"}, ["0", "1"]),
+    ({"EVALCORE_FAKE_GPUS": "2", "CUDA_VISIBLE_DEVICES": "5"}, []),  # CUDA_VISIBLE_DEVICES restricts fakes too
+    ({"EVALCORE_FAKE_GPUS": "4", "CUDA_VISIBLE_DEVICES": "1,3"}, ["1", "3"]),
     ({"CUDA_VISIBLE_DEVICES": "2,3"}, ["2", "3"]),
     ({"CUDA_VISIBLE_DEVICES": ""}, []),
     ({"CUDA_VISIBLE_DEVICES": "-1"}, []),
