@@ -26,9 +26,10 @@ def evalcore(debug: bool) -> None:
       evalcore resume outputs/20261128-101500-ab12  # rerun only what failed or never finished
       evalcore report outputs/20261128-101500-ab12 --format md --samples preds.jsonl
 
-    Exit codes: 0 all done, 1 some partitions failed (the resume command is printed), 2 usage,
-    3 verification failed (corrupt ledger, changed artefacts on resume), 4 offline violation or
-    missing artefact.
+    Exit codes: 0 all done, 1 some partitions failed (the resume command is printed when a rerun
+    can fix them), 2 usage, 3 verification failed (corrupt ledger or store index, changed artefacts
+    on resume), 4 offline violation or missing artefact, 5 the run is being run by another
+    driver, 130 interrupted (resume continues).
     """
 
 
@@ -38,12 +39,12 @@ def _run_flags(fn):
         click.option("--tokenizer-path", help="Tokenizer repo id or folder (default: the model's)."),
         click.option("--model-kwargs", multiple=True, metavar="K=V...", help="from_pretrained kwargs, e.g. torch_dtype=float32 device_map='auto' trust_remote_code=True."),
         click.option("--tokenizer-kwargs", multiple=True, metavar="K=V...", help="Tokenizer kwargs, e.g. padding_side='left' truncation='left' use_fast=False."),
-        click.option("--max-out-len", type=int, help="Most tokens generated per answer."),
+        click.option("--max-out-len", type=int, help="Most tokens generated per answer, for every generation dataset (default: each dataset's own, else 256)."),
         click.option("--max-seq-len", type=int, help="Longest input (prompts are cut from the left)."),
         click.option("--batch-size", help="Samples per batch, or 'auto' (GPU: halve on out-of-memory)."),
         click.option("--hf-num-gpus", "--num-gpus", "num_gpus", type=int, help="GPUs each model instance needs."),
-        click.option("--no-batch-padding", is_flag=True, default=None, help="Run samples one at a time (no padding effects)."),
-        click.option("--chat-template", is_flag=True, default=None, help="Wrap generation prompts in the tokenizer's chat template."),
+        click.option("--batch-padding/--no-batch-padding", default=None, help="--no-batch-padding: run samples one at a time (no padding effects)."),
+        click.option("--chat-template/--no-chat-template", default=None, help="Wrap generation prompts in the tokenizer's chat template (default: off)."),
         click.option("--datasets", multiple=True, metavar="NAME...", help="Built-in datasets (arc_easy_ppl, gsm8k_gen, ...). Replaces the plan's."),
         click.option("--tasks", multiple=True, metavar="NAME...", help="lm-eval task, group or tag names from --include-path task files. Replaces the plan's (with --datasets: both)."),
         click.option("--include-path", "include_path", multiple=True, metavar="DIR", help="A folder of lm-eval 0.4 task YAML files (repeatable)."),
@@ -81,11 +82,13 @@ def eval_(plan_file, **flags) -> None:
       evalcore eval --hf-path ./my-checkpoint --include-path my_tasks/ --tasks hellaswag winogrande
     """
     from evalcore import driver
+    from evalcore.runlock import DriverLock
 
     plan = _plan_from(plan_file, flags)
     ctx = driver.start(plan, sys.argv, log=lambda s: click.echo(s, err=True))
     click.echo(f"run {ctx.run_id}: {ctx.run_dir}")
-    _execute_and_report(ctx)
+    with DriverLock(ctx.run_dir):
+        _execute_and_report(ctx)
 
 
 def _plan_from(plan_file, flags):
@@ -102,8 +105,6 @@ def _plan_from(plan_file, flags):
         overrides["tokenizer_path"] = flags["tokenizer_path"]
     if flags["model_kwargs"]:
         overrides["model_kwargs"] = parse_kwargs(flags["model_kwargs"], "--model-kwargs")
-        if overrides["model_kwargs"].get("trust_remote_code") is True:
-            overrides["trust_remote_code"] = True
     if flags["tokenizer_kwargs"]:
         overrides["tokenizer_kwargs"] = parse_kwargs(flags["tokenizer_kwargs"], "--tokenizer-kwargs")
     for flag, key in (("max_out_len", "max_out_len"), ("max_seq_len", "max_seq_len"), ("num_gpus", "num_gpus")):
@@ -112,10 +113,9 @@ def _plan_from(plan_file, flags):
     if flags["batch_size"] is not None:
         bs = flags["batch_size"]
         overrides["batch_size"] = bs if bs == "auto" else _int(bs, "--batch-size")
-    if flags["no_batch_padding"]:
-        overrides["batch_padding"] = False
-    if flags["chat_template"]:
-        overrides["chat_template"] = True
+    for key in ("batch_padding", "chat_template"):
+        if flags[key] is not None:
+            overrides[key] = flags[key]
     run = {k: flags[k] for k in ("max_num_workers", "max_workers_per_gpu", "max_partition_size", "work_dir",
                                  "limit", "offline", "runner", "lease_seconds", "unsafe_allow_weak_sandbox")
            if flags[k] is not None}
@@ -169,26 +169,51 @@ def _execute_and_report(ctx) -> None:
         outcome = driver.execute(ctx, on_progress=bar.update)
     except KeyboardInterrupt:
         bar.close()
-        click.echo(f"\ninterrupted; workers stopped. Continue with: {driver.resume_command(ctx.run_dir)}", err=True)
+        click.echo(f"\ninterrupted: workers stopped at a batch boundary, their partitions handed back, the run "
+                   f"marked interrupted. Continue with: {driver.resume_command(ctx.run_dir)}", err=True)
         sys.exit(130)
     bar.close()
     with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
         click.echo(_summary(ctx, ledger, "table"))
         if outcome.failed:
+            from evalcore.errors import RERUN_CANNOT_FIX
+
             click.echo("\nfailed partitions:", err=True)
             click.echo(report.failure_table(ledger.partitions(ctx.run_id)), err=True)
-            click.echo(f"\n{len(outcome.failed)} partition(s) did not finish. Resume with:\n  "
-                       f"{driver.resume_command(ctx.run_dir)}", err=True)
+            fixed_by_rerun = [p for p in outcome.failed if p.get("error_class") not in RERUN_CANNOT_FIX]
+            final = len(outcome.failed) - len(fixed_by_rerun)
+            if final:
+                click.echo(f"\n{final} partition(s) failed with an error a rerun cannot fix (plan, data or model): "
+                           f"fix it, then start a new run (evalcore eval ...). Details: evalcore status "
+                           f"{ctx.run_dir} --errors", err=True)
+            if fixed_by_rerun:
+                click.echo(f"\n{len(fixed_by_rerun)} partition(s) did not finish (whole errors and worker logs: "
+                           f"evalcore status {ctx.run_dir} --errors). Resume with:\n  "
+                           f"{driver.resume_command(ctx.run_dir)}", err=True)
     sys.exit(outcome.exit_code)
 
 
 class _ProgressBar:
+    """A bar on a terminal; otherwise plain lines (evalcore/progress.py) on stderr."""
+
     def __init__(self) -> None:
+        import time
+
+        from evalcore.progress import ProgressLines
+
         self.bar = None
+        self.lines = None if sys.stderr.isatty() else ProgressLines(time.time())
 
     def update(self, rows) -> None:
         from tqdm.auto import tqdm
 
+        if self.lines is not None:
+            import time
+
+            line = self.lines.update(rows, time.time())
+            if line:
+                click.echo(line, err=True)
+            return
         total = sum(r["samples_total"] for r in rows)
         done = sum(r["samples_done"] for r in rows)
         if self.bar is None:
@@ -217,56 +242,86 @@ def _summary(ctx, ledger, fmt: str) -> str:
 
 
 @evalcore.command()
-@click.argument("run", type=str)
+@click.argument("run", required=False)
 @click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
+@click.option("--runner", type=click.Choice(["local", "slurm"]), default=None,
+              help="Continue with this runner (default: the run's own); recorded in run.json.")
 @handle_errors
-def resume(run: str, work_dir: str) -> None:
-    """Rerun only what failed or never finished, down to the sample.
+def resume(run: str | None, work_dir: str, runner: str | None) -> None:
+    """Rerun only what failed or never finished, down to the sample; score what is not scored.
 
+    RUN is a run folder, a run id or a work dir (its newest run); default: the newest run.
     Refuses (exit 3) if anything the answers depend on changed since: model commit or content,
-    tokenizer, prompts, data, generation settings; it says what changed.
+    tokenizer, prompts, data, generation settings, library versions; it says what changed.
+    Refuses (exit 5) while another driver runs the same run, before anything is rewritten.
 
     \b
     Example:
       evalcore resume outputs/20261128-101500-ab12
+      evalcore resume                 # the newest run under ./outputs
+      evalcore resume RUN --runner slurm
     """
     import time
 
     from evalcore import driver
     from evalcore.ledger import Ledger
+    from evalcore.runlock import DriverLock
 
     run_dir = driver.find_run(run, work_dir)
-    ctx = driver.check_resume(run_dir, log=lambda s: click.echo(s, err=True))
-    with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
-        n = ledger.requeue(ctx.run_id, now=time.time())
-    click.echo(f"run {ctx.run_id}: {ctx.run_dir} ({n} partition(s) requeued)")
-    _execute_and_report(ctx)
+    with DriverLock(run_dir):  # a second driver of this run is refused (exit 5) before anything is rewritten
+        ctx = driver.check_resume(run_dir, log=lambda s: click.echo(s, err=True), runner=runner)
+        with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
+            back = driver.hand_back_dead(ledger, ctx.run_id)  # workers of a killed driver: no lease wait
+            n = ledger.requeue(ctx.run_id, now=time.time())
+        click.echo(f"run {ctx.run_id}: {ctx.run_dir} ({n + back} partition(s) requeued)")
+        _execute_and_report(ctx)
 
 
 @evalcore.command()
 @click.argument("run", required=False)
 @click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
+@click.option("--errors", "show_errors", is_flag=True,
+              help="Every failed partition with its whole error message, traceback tail and worker log.")
 @handle_errors
-def status(run: str | None, work_dir: str) -> None:
-    """Progress per model and dataset, failures with their error class, and an ETA.
+def status(run: str | None, work_dir: str, show_errors: bool) -> None:
+    """Progress per model and dataset, failures with their error class, the run's state, an ETA.
+
+    RUN is a run folder, a run id or a work dir (its newest run); default: the newest run. The
+    state is running, done, failed, interrupted, or "driver gone" (its process died); an ETA is
+    shown only while a driver runs. Reads only: an archived read-only run folder works too.
 
     \b
     Example:
       evalcore status                 # the newest run under ./outputs
-      evalcore status 20261128-101500-ab12
+      evalcore status 20261128-101500-ab12 --errors
     """
     from evalcore import driver, report
     from evalcore.ledger import Ledger
+    from evalcore.runstate import error_details, run_state, unscored
 
     run_dir = driver.find_run(run, work_dir)
     run_id = _run_id(run_dir)
-    with Ledger(run_dir / "ledger.db", create=False, run_id=run_id) as ledger:
+    with Ledger.for_reading(run_dir / "ledger.db", run_id=run_id) as ledger:
         rows = ledger.progress(run_id)
-        click.echo(f"run {run_id}: {run_dir}")
-        click.echo(report.progress_table(rows))
-        fails = report.failure_table([p for p in ledger.partitions(run_id) if p["status"] == "failed"])
-        if fails:
-            click.echo("\nfailures:\n" + fails)
+        parts = ledger.partitions(run_id)
+        state = run_state(run_dir, (ledger.run(run_id) or {}).get("status", "running"))
+        click.echo(f"run {run_id}: {run_dir}  [{state}]")
+        table = report.progress_table(rows)
+        if state != "running":  # no driver: nothing is progressing, so no ETA
+            table = table.rsplit(", ETA", 1)[0]
+        click.echo(table)
+        missing = unscored(parts, ledger.results(run_id))
+        if missing:
+            click.echo(f"every sample of {', '.join(f'{m} x {d}' for m, d in missing)} is in, but not scored: "
+                       f"{driver.resume_command(run_dir)} scores it")
+        if state in ("interrupted", "driver gone") and not missing:
+            click.echo(f"continue with: {driver.resume_command(run_dir)}")
+        failed = [p for p in parts if p["status"] == "failed"]
+        if show_errors:
+            click.echo("\n" + (error_details(run_dir, failed) or "no failed partitions"))
+        elif failed:
+            click.echo("\nfailures:\n" + report.failure_table(failed) + f"\n(whole messages and logs: evalcore "
+                       f"status {run_dir} --errors)")
 
 
 def _run_id(run_dir: Path) -> str:
@@ -276,7 +331,7 @@ def _run_id(run_dir: Path) -> str:
 
 
 @evalcore.command()
-@click.argument("run")
+@click.argument("run", required=False)
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json", "html"]), default="table",
               help="csv/json: one row per figure, numbers as numbers, with n and standard error; html: a "
                    "self-contained page (charts, sample browser, provenance), needs --out.")
@@ -287,9 +342,12 @@ def _run_id(run_dir: Path) -> str:
                    "prediction, gold, metrics).")
 @click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
 @handle_errors
-def report(run: str, fmt: str, out_file: Path | None, samples_file: Path | None, work_dir: str) -> None:
+def report(run: str | None, fmt: str, out_file: Path | None, samples_file: Path | None, work_dir: str) -> None:
     """The summary table (dataset, version, metric, mode, one column per model), from the newest
-    results version (which one is said on stderr).
+    results version (which one is said on stderr); md and json add the effective settings of
+    each model x dataset.
+
+    RUN is a run folder, a run id or a work dir (its newest run); default: the newest run.
 
     \b
     Example:
@@ -307,7 +365,7 @@ def report(run: str, fmt: str, out_file: Path | None, samples_file: Path | None,
         raise ReportError("--format html needs --out FILE (the page is one self-contained file)")
     _check_out(out_file)
     ctx = RunContext.load(driver.find_run(run, work_dir))
-    with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
+    with Ledger.for_reading(ctx.ledger_path, run_id=ctx.run_id) as ledger:
         data = report_data.gather(ctx, ledger)
         if fmt == "html":
             from evalcore import report_html
@@ -321,6 +379,7 @@ def report(run: str, fmt: str, out_file: Path | None, samples_file: Path | None,
                 click.echo(note, err=True)
         else:
             text = _summary(ctx, ledger, fmt)
+        text = _with_settings(text, fmt, ledger.partitions(ctx.run_id), ctx.run_dir)
         if out_file is None:
             click.echo(text)
         else:
@@ -463,6 +522,31 @@ def _check_out(out_file: Path | None) -> None:
         raise ReportError(f"--out {out_file}: the folder {out_file.parent} does not exist", hint="create it first")
 
 
+def _with_settings(text: str, fmt: str, partitions, run_dir) -> str:
+    """The summary plus the effective settings of each model x dataset (json: a `settings` entry
+    per row, model -> settings; md: a Settings section)."""
+    import json
+
+    from evalcore.settings import settings_markdown, settings_of
+
+    settings = settings_of(partitions, run_dir)
+    if fmt == "md":
+        return text + "\n\n" + settings_markdown(settings) if settings else text
+    if fmt != "json" or not text:
+        return text
+    doc = json.loads(text)
+    by_dataset: dict[str, dict] = {}
+    for (m, d), s in settings.items():
+        by_dataset.setdefault(d, {})[m] = s
+    if isinstance(doc, list):
+        for row in doc:
+            if isinstance(row, dict) and "dataset" in row:
+                row["settings"] = by_dataset.get(row["dataset"], {})
+    elif isinstance(doc, dict):
+        doc["settings"] = [{"model": m, "dataset": d, **s} for (m, d), s in settings.items()]
+    return json.dumps(doc, indent=1)
+
+
 @evalcore.command()
 @handle_errors
 def gpus() -> None:
@@ -485,9 +569,9 @@ def gpus() -> None:
     if not path.exists():
         click.echo("no leases yet")
         return
-    with GpuLeases(path, devices, 1) as leases:
+    with GpuLeases(path, [], 1) as leases:  # no devices declared: reads the table, adds no rows
         for r in leases.table(time.time()):
-            held = f"{r.get('owner') or '-'} run {r.get('run_id') or '-'} pid {r.get('pid') or '-'}" if r.get("owner") else "free"
+            held = f"{r.get('owner') or '-'} run {r.get('run') or '-'} pid {r.get('pid') or '-'}" if r.get("owner") else "free"
             click.echo(f"gpu {r['device']} slot {r['slot']}: {held}")
 
 

@@ -71,10 +71,14 @@ KNOWN_IDS: dict[int, str] = {
 }
 
 
-def connect(path: str | os.PathLike[str], *, create: bool, schema: Schema) -> sqlite3.Connection:
+def connect(path: str | os.PathLike[str], *, create: bool, schema: Schema,
+            readonly: bool = False) -> sqlite3.Connection:
     """Open (or, with `create`, make) an evalcore database of `schema`, migrated to its newest
-    version. Raises LedgerError, leaving the file unchanged, when the file is not one we can use."""
+    version. Raises LedgerError, leaving the file unchanged, when the file is not one we can use.
+    `readonly`: an archived file in a folder nobody may write (opened immutable, never migrated)."""
     path = Path(path)
+    if readonly:
+        return _open_readonly(path, schema)
     if not os.path.lexists(path):
         if not create:
             raise LedgerError(f"{path}: no {schema.label} here (the file does not exist)",
@@ -202,6 +206,23 @@ def _open(path: Path, schema: Schema) -> sqlite3.Connection:
     return conn
 
 
+def _open_readonly(path: Path, schema: Schema) -> sqlite3.Connection:
+    if not path.is_file():
+        raise LedgerError(f"{path}: no {schema.label} here (the file does not exist)")
+    _check_header(path, schema)
+    got = read_header(path)
+    if isinstance(got, tuple) and got[1] != schema.version:
+        raise LedgerError(f"{path}: a read-only {schema.label} of schema {got[1]} (this evalcore reads "
+                          f"{schema.version}); copy the run folder somewhere writable to read it")
+    try:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True,
+                               isolation_level=None, check_same_thread=False)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        raise LedgerError(f"{path}: cannot read the {schema.label}: {exc}") from None
+    return conn
+
+
 def _create(path: Path, schema: Schema) -> None:
     """Build the newest schema in a temporary file, then link it into place (no-clobber)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -269,10 +290,11 @@ class Handle:
     After a fork the child opens its own connection on first use; the inherited one is never
     used or closed (SQLite connections must not cross a fork)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool, schema: Schema) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, create: bool, schema: Schema,
+                 readonly: bool = False) -> None:
         self.path = Path(path)
         self.schema = schema
-        self._conn: sqlite3.Connection | None = connect(self.path, create=create, schema=schema)
+        self._conn: sqlite3.Connection | None = connect(self.path, create=create, schema=schema, readonly=readonly)
         self._pid = os.getpid()
         self._lock = threading.RLock()
         self._inherited: list[sqlite3.Connection] = []

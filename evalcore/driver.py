@@ -4,14 +4,17 @@ finished, and runs again; finished samples are reused."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EvalcoreError, PlanError
-from .plan import Plan, plan_to_json, validate
+from .plan import Plan, default_workers, plan_to_json, replace, validate
 
 EXIT_OK, EXIT_PARTIAL = 0, 1
 
@@ -39,6 +42,10 @@ def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None]
 
     plan = bind(validate(plan))  # lm-eval task names -> their files and data (groups expanded)
     validate(plan)
+    if run_id is None:  # a new run (resume writes into the run folder it was given)
+        from .runctx import check_work_dir
+
+        check_work_dir(plan.run.work_dir)
     if plan.run.offline:
         go_offline()
     from .benchmarks.validate import dry_run
@@ -49,6 +56,12 @@ def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None]
     from .runctx import RunContext, check_run_dir, new_run_id, units
 
     devices = discover_gpus(os.environ)
+    if plan.run.max_num_workers is None:  # resolved once, recorded in run.json (resume keeps it)
+        plan = replace(plan, run=replace(plan.run, max_num_workers=default_workers(plan, len(devices))))
+    if not plan.run.offline:
+        from .hubcheck import check_hub_reachable
+
+        check_hub_reachable(plan)
     if devices and plan.run.runner == "local":  # under Slurm the cluster's nodes decide
         for m in plan.models:
             if m.num_gpus > len(devices):
@@ -70,10 +83,29 @@ def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None]
     run_id = run_id or new_run_id()
     ctx = RunContext(run_id, check_run_dir(plan.run.work_dir, run_id), plan, resolved, security)
     parts = split(units(ctx, counts), plan.run.max_partition_size)
-    rows = [PartitionRow(p.partition_id, p.model, p.dataset, p.key_hash, p.key_json, "{}", p.start, p.end, p.cost,
+    spec = _settings_json(ctx, len(devices))
+    rows = [PartitionRow(p.partition_id, p.model, p.dataset, p.key_hash, p.key_json, spec[(p.model, p.dataset)],
+                         p.start, p.end, p.cost,
                          p.n_gpus if (devices or plan.run.runner == "slurm") else 0, plan.run.max_attempts)
             for p in parts]
     return ctx, rows
+
+
+def _settings_json(ctx, n_devices: int) -> dict[tuple[str, str], str]:
+    """The effective settings of every model x dataset, as recorded with its partitions."""
+    from .runctx import effective_max_out_len
+    from .settings import effective_settings
+
+    tasks = ctx.tasks()
+    out = {}
+    for m in ctx.plan.models:
+        for d in ctx.plan.datasets:
+            t = tasks[d.abbr]
+            out[(m.name, d.abbr)] = json.dumps(effective_settings(
+                m, d, t, max_out_len=effective_max_out_len(m, t), limit=d.limit if d.limit is not None
+                else ctx.plan.run.limit, n_devices=n_devices, runner=ctx.plan.run.runner,
+                workers_per_gpu=ctx.plan.run.max_workers_per_gpu), sort_keys=True)
+    return out
 
 
 def _task(d):
@@ -86,15 +118,21 @@ def start(plan: Plan, argv: list[str], *, log: Callable[[str], None] = print):
     from .ledger import Ledger
 
     ctx, rows = prepare(plan, log=log)
-    plan = ctx.plan  # as bound: lm-eval task files resolved
+    said = set()
+    for r in rows:  # settings that will not be used, said plainly before the run (also in the report)
+        for note in json.loads(r.spec_json).get("notes", []):
+            if (r.model_key, note) not in said:
+                said.add((r.model_key, note))
+                log(f"note: {r.model_key} x {r.dataset_key}: {note}")
     ctx.save()
     with Ledger(ctx.ledger_path, create=True) as ledger:
-        ledger.create_run(ctx.run_id, str(ctx.run_dir.parent), plan_to_json(plan), argv, rows, now=time.time())
+        ledger.create_run(ctx.run_id, str(ctx.run_dir.parent), plan_to_json(ctx.plan), argv, rows, now=time.time())
     return ctx
 
 
-def check_resume(run_dir: Path, log: Callable[[str], None] = print):
-    """Reload a run; refuse if a partition's key changed (model, tokenizer, prompt, data, ...)."""
+def check_resume(run_dir: Path, log: Callable[[str], None] = print, runner: str | None = None):
+    """Reload a run; refuse if a partition's key changed (model, tokenizer, prompt, data, ...).
+    `runner` (resume --runner) continues the run with the other runner; it is recorded."""
     from .ledger import Ledger
     from .partition import diff_keys
     from .runctx import RunContext
@@ -102,7 +140,8 @@ def check_resume(run_dir: Path, log: Callable[[str], None] = print):
     old = RunContext.load(run_dir)
     with Ledger(old.ledger_path, create=False, run_id=old.run_id) as ledger:  # checked before any work
         recorded = {p["partition_id"]: p for p in ledger.partitions(old.run_id)}
-    ctx, rows = prepare(old.plan, run_id=old.run_id, log=log)
+    plan = old.plan if runner is None else replace(old.plan, run=replace(old.plan.run, runner=runner))
+    ctx, rows = prepare(plan, run_id=old.run_id, log=log)
     ctx.run_dir = run_dir
     now_ids = {r.partition_id: r for r in rows}
     problems = []
@@ -129,12 +168,62 @@ def execute(ctx, *, on_progress=None) -> Outcome:
     else:
         from .runners.local import LocalRunner as Runner
     runner = Runner(ctx, on_progress=on_progress)
-    runner.run()
+    previous = _sigterm_interrupts()
+    try:
+        runner.run()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the runner stopped its workers at a batch boundary
+        with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
+            hand_back_dead(ledger, ctx.run_id)
+            ledger.set_run_status(ctx.run_id, "interrupted", now=time.time())
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
         finalize(ctx, ledger)
         failed = [p for p in ledger.partitions(ctx.run_id) if p["status"] != "done"]
         ledger.set_run_status(ctx.run_id, "failed" if failed else "done", now=time.time())
     return Outcome(ctx.run_dir, ctx.run_id, failed)
+
+
+def _sigterm_interrupts():
+    """SIGTERM (kill, a scheduler's time limit) stops a run the way Ctrl-C does."""
+    def on_term(*_):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread
+        return None
+
+
+def hand_back_dead(ledger, run_id: str) -> int:
+    """Partitions still 'running' whose local worker process on this host is gone go back to pending
+    at once (no wait for their lease), without using up an attempt. Called by a driver that holds the
+    run's lock, so no other driver's worker is affected."""
+    host, n = socket.gethostname(), 0
+    for p in ledger.partitions(run_id):
+        if (p["claimed_by"] or "").startswith("slurm-"):  # Slurm jobs: the Slurm runner hands those back
+            continue
+        if p["status"] == "running" and p["host"] == host and p["claim_token"] and not _alive(p["pid"]):
+            n += bool(ledger.release(run_id, p["partition_id"], p["claim_token"], now=time.time()))
+    return n
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) is gone
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def finalize(ctx, ledger) -> None:
@@ -147,17 +236,21 @@ def finalize(ctx, ledger) -> None:
 
 
 def find_run(ref: str | None, work_dir: str = "outputs") -> Path:
-    """RUN is a run folder, or a run id under the work dir; none means the newest run there."""
+    """RUN is a run folder, a run id under the work dir, or a work dir (its newest run); none
+    means the newest run under --work-dir."""
+    root = Path(work_dir).expanduser()
     if ref:
         p = Path(ref).expanduser()
         if (p / "run.json").is_file():
             return p
-        q = Path(work_dir).expanduser() / ref
+        q = root / ref
         if (q / "run.json").is_file():
             return q
-        raise EvalcoreError(f"no run {ref!r} (neither a run folder nor a run id under {work_dir})",
-                            hint="give the folder or id that `evalcore eval` printed, or --work-dir")
-    root = Path(work_dir).expanduser()
+        if p.is_dir() and any(p.glob("*/run.json")):
+            root = p
+        else:
+            raise EvalcoreError(f"no run {ref!r} (neither a run folder, a run id under {work_dir}, nor a work dir)",
+                                hint="give the folder or id that `evalcore eval` printed, or --work-dir")
     runs = sorted((p for p in root.glob("*/run.json")), key=lambda p: p.parent.name) if root.is_dir() else []
     if not runs:
         raise EvalcoreError(f"no run in {root}", hint="start one with `evalcore eval`, or pass --work-dir")

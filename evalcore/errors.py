@@ -6,6 +6,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_VERIFY = 3
 EXIT_OFFLINE = 4
+EXIT_BUSY = 5  # the run is being run by another driver (a concurrent resume)
 
 
 class EvalcoreError(Exception):
@@ -66,3 +67,10 @@ class ReportError(EvalcoreError, ValueError):
 
     exit_code = EXIT_USAGE
     default_hint = "evalcore report/compare/export --help says what they take"
+
+
+# Error classes (as recorded for a failed partition) that a rerun of the same plan on the same
+# files meets again: the plan, the data or the model must change, so `resume` is never advised
+# for them (it would refuse the changed files anyway); a new run is.
+RERUN_CANNOT_FIX = frozenset({"PlanError", "BackendError", "ModelNotCachedError", "MissingArtefact",
+                              "OfflineViolation", "LeaseError", "TemplateError"})

@@ -1,8 +1,9 @@
 """Which GPUs the scheduler may use, without importing torch.
 
 Order of sources: `EVALCORE_FAKE_GPUS` (a count or a comma list: fake devices, so the scheduler
-runs and is tested on CPU), then `CUDA_VISIBLE_DEVICES` (indices or GPU-/MIG- UUIDs; empty means
-none), then `nvidia-smi`, else none. Device ids are strings and are handed to a worker unchanged
+runs and is tested on CPU; `CUDA_VISIBLE_DEVICES`, when set, keeps only the fake ids it lists),
+then `CUDA_VISIBLE_DEVICES` (indices or GPU-/MIG- UUIDs; empty means none), then `nvidia-smi`,
+else none. Device ids are strings and are handed to a worker unchanged
 as its `CUDA_VISIBLE_DEVICES`.
 
 nvidia-smi numbers GPUs in PCI bus order; CUDA's default order is fastest-first. On a machine
@@ -26,9 +27,10 @@ _UUID = re.compile(r"^(GPU|MIG)-[0-9A-Za-z/-]+$")
 def discover_gpus(env: Mapping[str, str]) -> list[str]:
     """Device ids this process may schedule on (see the module docstring for the sources)."""
     fake = env.get("EVALCORE_FAKE_GPUS")
-    if fake is not None:
-        return _parse_fake(fake)
     visible = env.get("CUDA_VISIBLE_DEVICES")
+    if fake is not None:  # CUDA_VISIBLE_DEVICES restricts fake devices as it restricts real ones
+        ids = _parse_fake(fake)
+        return ids if visible is None else [d for d in ids if d in set(_parse_visible(visible))]
     if visible is not None:
         return _parse_visible(visible)
     return _query_nvidia_smi(env.get("PATH"))

@@ -80,7 +80,12 @@ _V1 = (
 )
 
 
-SCHEMA = db.Schema(label="GPU lease table", application_id=APPLICATION_ID, migrations={1: db.script(_V1)})
+# v2: each held slot records the holder's slots per GPU, so a GPU held by a run with one limit is
+# never given to a run with another (a run with 1 worker per GPU keeps its GPU to itself).
+_V2 = ("ALTER TABLE slots ADD COLUMN slots_per_gpu INTEGER",)
+
+SCHEMA = db.Schema(label="GPU lease table", application_id=APPLICATION_ID,
+                   migrations={1: db.script(_V1), 2: db.script(_V2)})
 
 
 def default_path(env: Mapping[str, str]) -> Path:
@@ -178,11 +183,15 @@ class GpuLeases:
             self._reclaim(conn, now=now, host=host)
             free: dict[str, list[int]] = {}
             load: dict[str, int] = {}
-            for device, slot, token in conn.execute("SELECT device, slot, token FROM slots ORDER BY device, slot"):
+            other_limit: set[str] = set()  # devices held by someone sharing a GPU on other terms
+            for device, slot, token, spg in conn.execute(
+                    "SELECT device, slot, token, slots_per_gpu FROM slots ORDER BY device, slot"):
                 if token is None:
                     free.setdefault(device, []).append(slot)
                 else:
                     load[device] = load.get(device, 0) + 1
+                    if spg != self.slots_per_gpu:
+                        other_limit.add(device)
             mine = conn.execute("SELECT ticket FROM waiters WHERE owner = ?", (owner,)).fetchone()
             ticket = mine[0] if mine else None         # None: a new request, behind every waiter
             older = conn.execute("SELECT n_gpus, devices_json, slots_per_gpu FROM waiters WHERE owner != ? "
@@ -194,6 +203,8 @@ class GpuLeases:
                 for d, s in aside:
                     free[d].remove(s)
                     load[d] = load.get(d, 0) + 1
+            for d in other_limit:
+                free.pop(d, None)
             picked = _pick(free, load, self.devices, self.slots_per_gpu, n_gpus)
             if picked is None:
                 conn.execute(
@@ -209,8 +220,9 @@ class GpuLeases:
             token = secrets.token_hex(16)
             for d, s in picked:
                 cur = conn.execute("UPDATE slots SET token = ?, owner = ?, run_id = ?, pid = ?, host = ?, "
-                                   "acquired_at = ?, expires_at = ? WHERE device = ? AND slot = ? "
-                                   "AND token IS NULL", (token, owner, run_id, pid, host, now, now + ttl, d, s))
+                                   "acquired_at = ?, expires_at = ?, slots_per_gpu = ? WHERE device = ? AND slot = ? "
+                                   "AND token IS NULL", (token, owner, run_id, pid, host, now, now + ttl,
+                                                         self.slots_per_gpu, d, s))
                 if cur.rowcount != 1:  # cannot happen inside BEGIN IMMEDIATE; refuse to oversubscribe
                     raise RuntimeError(f"GPU lease table changed under a write lock ({d} slot {s})")
             conn.execute("DELETE FROM waiters WHERE owner = ?", (owner,))
@@ -243,7 +255,7 @@ class GpuLeases:
     @staticmethod
     def _free(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> int:
         return conn.execute("UPDATE slots SET token = NULL, owner = NULL, run_id = NULL, pid = NULL, "
-                            "host = NULL, acquired_at = NULL, expires_at = NULL "
+                            "host = NULL, acquired_at = NULL, expires_at = NULL, slots_per_gpu = NULL "
                             f"WHERE token IS NOT NULL AND ({where})", params).rowcount
 
     def _reclaim(self, conn: sqlite3.Connection, *, now: float, host: str) -> int:

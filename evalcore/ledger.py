@@ -224,11 +224,13 @@ class Ledger:
     """One process's handle on a ledger file. Safe to share between threads of one process (a
     heartbeat thread, say); after a fork the child transparently opens its own connection."""
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True, run_id: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True, run_id: str | None = None,
+                 readonly: bool = False) -> None:
         """`run_id`: the run whose folder this file is in; a ledger recording any other run is
-        refused (LedgerError, file unchanged), so a ledger copied from another run is never used."""
+        refused (LedgerError, file unchanged), so a ledger copied from another run is never used.
+        `readonly`: an archived file nobody may write (opened immutable, never migrated)."""
         self.path = Path(path)
-        self._h = db.Handle(self.path, create=create, schema=SCHEMA)
+        self._h = db.Handle(self.path, create=create, schema=SCHEMA, readonly=readonly)
         self._write = self._h.write
         self._read = self._h.read
         if run_id is not None:
@@ -254,6 +256,13 @@ class Ledger:
 
     def close(self) -> None:
         self._h.close()
+
+    @classmethod
+    def for_reading(cls, path: str | os.PathLike[str], run_id: str | None = None) -> Ledger:
+        """status and report: an archived run folder that cannot be written is opened read-only."""
+        p = Path(path)
+        writable = os.access(p.parent, os.W_OK) and (not p.exists() or os.access(p, os.W_OK))
+        return cls(p, create=False, run_id=run_id, readonly=not writable)
 
     # ---- runs ------------------------------------------------------------------------------
 

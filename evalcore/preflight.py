@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cachekit import paths
-from cachekit.errors import CachekitError
+from cachekit.errors import BundleError, CachekitError, NotFoundError
 from cachekit.index import Index
 
 from . import data
-from .errors import EvalcoreError, MissingArtefact, PlanError
+from .errors import EXIT_VERIFY, EvalcoreError, MissingArtefact, PlanError
+from .model_folder import model_folder_problems, tokenizer_problems
 from .plan import DatasetSpec, ModelSpec, Plan, is_local
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
@@ -63,16 +64,29 @@ def _needs_remote_code(folder: Path) -> bool:
     return bool(cfg.get("auto_map"))
 
 
-def resolve_model(path: str, revision: str | None, want_trust: bool, index: Index, what: str) -> LocalModel:
+class StoreIndexUnreadable(EvalcoreError):
+    """The cachekit store index exists but cannot be read: the run stops rather than fall back to
+    the plain cache (where the bundle's recorded decisions, trust_remote_code among them, are lost)."""
+
+    exit_code = EXIT_VERIFY
+
+
+def resolve_model(path: str, revision: str | None, want_trust: bool, index: Index, what: str,
+                  check: str | None = None) -> LocalModel:
+    """`check` ("model", "model+tokenizer" or "tokenizer"): what a local folder must hold."""
     if is_local(path):
         folder = Path(path).expanduser()
         if not folder.is_dir():
             raise MissingArtefact(f"{what} folder {folder} does not exist")
+        problems = (tokenizer_problems(folder) if check == "tokenizer" else
+                    model_folder_problems(folder, needs_tokenizer=check == "model+tokenizer") if check else [])
+        if problems:
+            raise MissingArtefact(f"{what} folder {folder} cannot be loaded: " + "; ".join(problems))
         return LocalModel(str(folder), None, folder, _folder_fingerprint(folder), want_trust)
     try:
         commit = index.resolve_commit("model", path, revision)
         recorded_trust = _recorded_trust(index, path, commit)
-    except CachekitError:
+    except NotFoundError:
         commit, recorded_trust = _from_plain_cache(path, revision), None
     if commit is None:
         rev = f"@{revision}" if revision else ""
@@ -111,6 +125,11 @@ def _from_plain_cache(repo_id: str, revision: str | None) -> str | None:
 def resolve_plan(plan: Plan, tasks: dict[str, object], index: Index | None = None) -> Resolved:
     """Resolve everything; raise MissingArtefact listing every missing item and one prefetch command."""
     index = index or Index()
+    if index.path.exists():
+        try:
+            index.items()
+        except BundleError as exc:
+            raise StoreIndexUnreadable(f"the cachekit store index cannot be read: {exc}", hint=exc.hint) from None
     missing: list[str] = []
     hub_models: list[str] = []
     hub_datasets: list[str] = []
@@ -131,13 +150,14 @@ def resolve_plan(plan: Plan, tasks: dict[str, object], index: Index | None = Non
         if m.backend == "scripted":  # a stand-in model: nothing to find
             models[m.name] = LocalModel(m.path, None, Path("."), f"scripted:{m.path}", False)
             continue
-        lm = attempt(lambda m=m: resolve_model(m.path, m.revision, m.trust_remote_code, index, f"model {m.name}:"),
+        lm = attempt(lambda m=m: resolve_model(m.path, m.revision, m.trust_remote_code, index, f"model {m.name}:",
+                                               check="model" if m.tokenizer_path else "model+tokenizer"),
                      m.name, hub_models, _with_rev(m.path, m.revision))
         if lm:
             models[m.name] = lm
         if m.tokenizer_path:
             tk = attempt(lambda m=m: resolve_model(m.tokenizer_path, m.tokenizer_revision or m.revision, False, index,
-                                                   f"tokenizer of {m.name}:"),
+                                                   f"tokenizer of {m.name}:", check="tokenizer"),
                          m.name, hub_models, _with_rev(m.tokenizer_path, m.tokenizer_revision or m.revision))
             if tk:
                 tokenizers[m.name] = tk

@@ -21,6 +21,7 @@ from .errors import EvalcoreError, PlanError
 from .partition import GEN_COST, Unit
 from .plan import Plan, plan_from_json, plan_to_json
 from .preflight import LocalModel, Resolved
+from .settings import library_versions
 from .tasks import Task, task_for
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -123,6 +124,7 @@ def units(ctx: RunContext, counts: dict[str, int]) -> list[Unit]:
             "max_seq_len": m.max_seq_len, "batch_padding": m.batch_padding,
             "model_kwargs": {k: str(v) for k, v in sorted(m.model_kwargs.items()) if k not in ("device_map",)},
             "tokenizer_kwargs": {k: str(v) for k, v in sorted(m.tokenizer_kwargs.items())},
+            "versions": library_versions(m.backend),  # a resume after an upgrade is refused, never mixed
         }
         for d in ctx.plan.datasets:
             task = tasks[d.abbr]
@@ -139,7 +141,28 @@ def units(ctx: RunContext, counts: dict[str, int]) -> list[Unit]:
 
 
 def effective_max_out_len(model, task: Task) -> int:
-    return task.max_out_len or model.max_out_len
+    """The model's max_out_len (plan or --max-out-len) when given, else the dataset's own, else 256."""
+    from .plan import DEFAULT_MAX_OUT_LEN
+
+    if model.max_out_len is not None:
+        return model.max_out_len
+    return task.max_out_len or DEFAULT_MAX_OUT_LEN
+
+
+def check_work_dir(work_dir: str) -> Path:
+    """The work dir must be a folder this process can write (or be creatable in one): checked
+    before anything else, so a bad one costs one line (exit 2), not a traceback after preflight."""
+    p = Path(work_dir).expanduser()
+    q = p
+    while not q.exists() and q != q.parent:
+        q = q.parent
+    if not q.is_dir():
+        where = "is a file" if q == p else f"cannot be made: {q} is a file"
+        raise PlanError(f"work_dir {p} {where}, not a folder", hint="give --work-dir a folder (new or existing)")
+    if not os.access(q, os.W_OK | os.X_OK):
+        what = "is not writable" if q == p else f"cannot be made: {q} is not writable"
+        raise PlanError(f"work_dir {p} {what} by this user", hint="choose a folder you can write (--work-dir)")
+    return p
 
 
 def check_run_dir(work_dir: str, run_id: str) -> Path:

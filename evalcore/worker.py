@@ -68,7 +68,9 @@ class Heartbeat(threading.Thread):
                 claim = self.claim
             if claim is not None and not ledger.heartbeat(self.run_id, claim.partition_id, claim.token,
                                                           now=now, lease_s=self.lease_s):
-                self.lost.set()
+                with self._lock:  # a heartbeat of a claim completed meanwhile says nothing of the next one
+                    if self.claim is claim:
+                        self.lost.set()
             if self.leases is not None and self.gpu_lease is not None:
                 self.leases.renew(self.gpu_lease, now=now, ttl=self.lease_s)
         ledger.close()
@@ -110,6 +112,7 @@ class Worker:
         self.backend = None
         self.loaded: str | None = None
         self._rows: dict[tuple[str, str], list[dict]] = {}
+        self._fallbacks: set[tuple[str, str, str]] = set()
         self._stopping = False  # set by a signal handler: a plain flag (an Event's lock can deadlock there)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -130,12 +133,17 @@ class Worker:
                 self._run_claim(claim)
             return 0
         finally:
-            self.hb.stop.set()
-            if self.leases is not None and self.hb.gpu_lease is not None:
-                self.leases.release(self.hb.gpu_lease)
-            if self.backend is not None:
-                self.backend.close()
-            self.ledger.close()
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        """Stop heartbeating, free the model, and only then hand the GPU lease back."""
+        self.hb.stop.set()
+        if self.backend is not None:  # let go of the device first: only then may another worker have it
+            self.backend.close()
+            self.backend = None
+        if self.leases is not None and self.hb.gpu_lease is not None:
+            self.leases.release(self.hb.gpu_lease)
+        self.ledger.close()
 
     def _eligible_models(self) -> set[str]:
         """Models this worker may run: those needing exactly its GPU count; on a host without
@@ -211,7 +219,8 @@ class Worker:
         spec = self.models[name]
         started = time.time()
         fake = bool(os.environ.get("EVALCORE_FAKE_GPUS"))  # declared devices that torch cannot see
-        self.backend = make_backend(spec, self.ctx.resolved, self.threads, bool(self.n_gpus) and not fake)
+        self.backend = make_backend(spec, self.ctx.resolved, self.threads, bool(self.n_gpus) and not fake,
+                                    gpus=self.n_gpus)
         self.loaded = name
         self.ledger.record_load(self.run_id, self.worker_id, name, started_at=started, seconds=time.time() - started)
         print(f"[{self.worker_id}] loaded {name} in {time.time() - started:.1f} s", flush=True)
@@ -267,6 +276,27 @@ class Worker:
             rows_json = [(r["index"], json.dumps(r, ensure_ascii=False)) for r in recs]
             if not self.ledger.add_samples(self.run_id, claim.partition_id, claim.token, rows_json, now=time.time()):
                 raise ClaimLost()
+            self._record_fallbacks(claim, recs)
+
+    def _record_fallbacks(self, claim, recs: list[dict]) -> None:
+        """A slower or weaker path taken without being asked goes on record (logs/fallbacks.jsonl;
+        shown by `evalcore report`), once per model x dataset and kind."""
+        from .settings import record_fallback
+
+        found = []
+        reason = getattr(self.backend, "packed_fallback_reason", None)
+        if reason:
+            found.append(("shared-context scoring off (plain, slower; same numbers)", reason))
+        if any((r.get("execution") or {}).get("sandbox") == "guard" for r in recs):
+            found.append(("code sandbox: the weak Python guard, not the OS sandbox",
+                          "unsafe_allow_weak_sandbox = true: " + self.ctx.security.get("code_sandbox_reason", "")))
+        for kind, why in found:
+            key = (claim.model_key, claim.dataset_key, kind)
+            if key not in self._fallbacks:
+                self._fallbacks.add(key)
+                record_fallback(self.ctx.run_dir, claim.model_key, claim.dataset_key, kind, why, self.worker_id)
+                print(f"[{self.worker_id}] fallback for {claim.model_key} x {claim.dataset_key}: {kind}: {why}",
+                      flush=True)
 
 
 def loglikelihoods(backend, built) -> list[tuple[list[float], list[bool]]]:
@@ -301,7 +331,7 @@ def chunk_size(spec, mode: str) -> int:
     return max(1, bs if mode == "gen" else 2 * bs)
 
 
-def make_backend(spec, resolved, threads: int | None, on_gpu: bool):
+def make_backend(spec, resolved, threads: int | None, on_gpu: bool, gpus: int = 1):
     """The backend for a model of the plan, loaded from what the preflight resolved."""
     if spec.backend == "scripted":
         from .backends.scripted import ScriptedBackend
@@ -309,20 +339,26 @@ def make_backend(spec, resolved, threads: int | None, on_gpu: bool):
         return ScriptedBackend(spec.name, spec.backend_options)
     from .backends.base import ModelSettings
     from .backends.hf import HFBackend
+    from .placement import GPU_ONLY_KWARGS, placement
 
     lm = resolved.models[spec.name]
     tok = resolved.tokenizers.get(spec.name)
     kwargs = dict(spec.model_kwargs)
-    dtype = str(kwargs.pop("torch_dtype", kwargs.pop("dtype", "float32")))
-    device_map = kwargs.pop("device_map", None)
+    dtype = str(kwargs.pop("torch_dtype", kwargs.pop("dtype", "float32"))).removeprefix("torch.")
+    where = placement(kwargs, gpus if on_gpu else 0, on_gpu)
+    for k in GPU_ONLY_KWARGS:
+        kwargs.pop(k, None)
+    if where.max_memory is not None:
+        kwargs["max_memory"] = where.max_memory
+    device_map = where.device_map
     return HFBackend(ModelSettings(
         path=lm.load_path, revision=lm.revision,
         tokenizer_path=tok.load_path if tok else None, tokenizer_revision=tok.revision if tok else None,
-        dtype=dtype, device="cuda" if on_gpu else "cpu", device_map=device_map,
+        dtype=dtype, device=where.device, device_map=device_map,
         trust_remote_code=lm.trust_remote_code, model_kwargs=kwargs, tokenizer_kwargs=dict(spec.tokenizer_kwargs),
         batch_size=spec.batch_size if (on_gpu or spec.batch_size != "auto") else 8,
         max_seq_len=spec.max_seq_len, batch_padding=spec.batch_padding, chat_template=spec.chat_template,
-        threads=threads))
+        threads=threads), **dict(spec.backend_options))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,8 @@ def held(g: GpuLeases) -> list[tuple[str, int, str]]:
     ({"EVALCORE_FAKE_GPUS": "3"}, ["0", "1", "2"]),
     ({"EVALCORE_FAKE_GPUS": "0"}, []),
     ({"EVALCORE_FAKE_GPUS": "a, b"}, ["a", "b"]),
-    ({"EVALCORE_FAKE_GPUS": "2", "CUDA_VISIBLE_DEVICES": "5"}, ["0", "1"]),
+    ({"EVALCORE_FAKE_GPUS": "2", "CUDA_VISIBLE_DEVICES": "5"}, []),  # CUDA_VISIBLE_DEVICES restricts fakes too
+    ({"EVALCORE_FAKE_GPUS": "4", "CUDA_VISIBLE_DEVICES": "1,3"}, ["1", "3"]),
     ({"CUDA_VISIBLE_DEVICES": "2,3"}, ["2", "3"]),
     ({"CUDA_VISIBLE_DEVICES": ""}, []),
     ({"CUDA_VISIBLE_DEVICES": "-1"}, []),
@@ -165,9 +166,9 @@ def test_two_runs_on_one_table_never_oversubscribe(tmp_path):
     run_b = GpuLeases(path, ["0", "1"], 1)
     assert take(run_a, 2, "a", run_id="A") is not None
     assert take(run_b, 1, "b", run_id="B") is None
-    # a run with more slots per GPU may share a GPU; the other run still uses only its own slot 0
+    # a run with more slots per GPU never shares a GPU held by a run with another limit
     wide = GpuLeases(path, ["0", "1"], 2)
-    assert take(wide, 1, "w", run_id="W").slots == (1,)
+    assert take(wide, 1, "w", run_id="W") is None
     narrow = GpuLeases(tmp_path / "n.db", ["0"], 2)
     narrow_1 = GpuLeases(tmp_path / "n.db", ["0"], 1)
     assert take(narrow, 1, "n2").slots == (0,)

@@ -336,9 +336,11 @@ class HFBackend:
                 kwargs["revision"] = self._model_src.revision
             if _offline():
                 kwargs["local_files_only"] = True
-        if device_map is None and s.device.startswith("cuda") and not torch.cuda.is_available():
+        if s.device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError(f"device {s.device!r} requested but no CUDA GPU is visible",
-                               hint="use --device cpu, or check CUDA_VISIBLE_DEVICES")
+                               hint="check CUDA_VISIBLE_DEVICES and the GPU driver (nvidia-smi)")
+        if kwargs.get("max_memory") == "leased":  # exactly the GPUs this worker sees, no CPU/disk offload
+            kwargs["max_memory"] = {i: torch.cuda.mem_get_info(i)[1] for i in range(torch.cuda.device_count())}
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 self._model_src.name, dtype=dtype, trust_remote_code=self._trust,

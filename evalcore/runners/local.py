@@ -128,7 +128,7 @@ class LocalRunner:
         have: dict[int, int] = {}
         for p in alive:
             have[p.gpus] = have.get(p.gpus, 0) + 1
-        threads = None if devices else (settings.threads or max(1, (os.cpu_count() or 1) // max(1, len(shape))))
+        threads = settings.threads or (None if devices else max(1, (os.cpu_count() or 1) // max(1, len(shape))))
         for n in sorted(set(shape)):
             want = shape.count(n) - have.get(n, 0)
             for _ in range(max(0, want) if n in claimable else 0):

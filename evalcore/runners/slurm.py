@@ -579,6 +579,7 @@ class SlurmRunner:
         queue = self._queue(list(mine)) or {}
         named = self._queue([], by_name=True) or {}  # submitted but not yet recorded when it died
         left = {jid: v for jid, v in {**queue, **named}.items() if v[3] == self.job_name}
+        cancelled_now = set(left)
         if left:
             self._log(f"previous driver left {len(left)} job(s) in the queue: {', '.join(sorted(left))}; cancelling")
             self._scancel(sorted(left))
@@ -602,11 +603,16 @@ class SlurmRunner:
                 n += ledger.release(self.ctx.run_id, p["partition_id"], p["claim_token"], now=time.time())
         if n:
             self._log(f"{n} partition(s) held by jobs of a previous driver handed back")
-        for s in doc.get("sessions", []):
-            for j in (s.get("jobs") or {}).values():
+        for s in doc.get("sessions", []):  # what happened to each job of the dead driver, on record
+            for jid, j in (s.get("jobs") or {}).items():
                 if not j.get("ended_at"):
-                    j["ended_at"], j["state"] = time.time(), j.get("state") or "GONE"
-                    j["cancelled_by_driver"] = True
+                    j["ended_at"] = time.time()
+                    if jid in cancelled_now:
+                        j["state"], j["cancelled_by_driver"] = "CANCELLED", True
+                        j["what_happened"] = "still queued or running when its driver died; cancelled on resume"
+                    else:
+                        j["state"], j["cancelled_by_driver"] = "GONE", False
+                        j["what_happened"] = "left the queue while no driver watched it; see its log"
             if s.get("spool"):
                 shutil.rmtree(s["spool"], ignore_errors=True)
         if doc.get("sessions"):
