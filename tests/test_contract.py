@@ -132,8 +132,10 @@ def test_effective_settings_are_in_the_ledger_and_the_report(tmp_path):
     assert spec["fewshot"] == 0 and spec["metric"] == "acc" and spec["mode"] == "ll" and spec["prompt_version"]
     assert spec["chat_template"] is False and "chat_template is not used" in spec["notes"][0]
     assert "cachekit-evalcore" in spec["versions"] and key["versions"] == spec["versions"]
-    rows = json.loads(run_cli("evalcore", "report", run_dir, "--format", "json", env=env).stdout)
-    assert rows[0]["settings"]["alpha"]["max_seq_len"] == 512
+    doc = json.loads(run_cli("evalcore", "report", run_dir, "--format", "json", env=env).stdout)
+    assert doc["results"][0]["value"] is not None  # numbers as numbers (the report's own shape)
+    (alpha,) = [s for s in doc["settings"] if (s["model"], s["dataset"]) == ("alpha", "arc")]
+    assert alpha["max_seq_len"] == 512 and alpha["versions"] == spec["versions"]
     md = run_cli("evalcore", "report", run_dir, "--format", "md", env=env).stdout
     assert "## Settings" in md and "| alpha | arc | ll | 0 |" in md and "chat_template is not used" in md
 
@@ -245,16 +247,42 @@ def test_unreadable_store_index_stops_the_run(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
-def test_an_error_a_rerun_cannot_fix_does_not_advise_resume(tmp_path):
+def test_a_bad_row_is_refused_before_the_run_without_resume_advice(tmp_path):
     from tests.conftest import ARC_JSONL, clean_env, run_cli
 
     bad = (f'\n[[datasets]]\nabbr = "arc"\npath = "{ARC_JSONL}"\nmode = "ll"\n'
-           'template = "Question: {no_such_field}"\nchoices = "choices.text"\nlabel = "answerKey"\n')
+           'template = "Question: {{ no_such_field }}"\nchoices = "choices.text"\n'
+           'gold = "{{ choices.label.index(answerKey) }}"\n')
     env = clean_env(HF_HOME=str(tmp_path / "hf"), EVALCORE_STATE_DIR=str(tmp_path / "state"))
     r = run_cli("evalcore", "eval", _scripted_plan(tmp_path, datasets=bad, limit=4), env=env)
+    assert r.returncode == 2, r.stderr
+    assert "no_such_field" in r.stderr and "nothing was run" in r.stderr
+    assert "evalcore resume" not in r.stderr and not (tmp_path / "outputs").exists()
+
+
+def test_a_partition_error_a_rerun_cannot_fix_does_not_advise_resume(tmp_path, tiny_model_dir):
+    """A model folder that passes preflight (config, tokenizer, weights all readable) but names an
+    architecture transformers does not know fails in the worker: a rerun would fail the same way."""
+    import json
+    import shutil
+
+    from tests.conftest import clean_env, run_cli
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**cfg, "model_type": "no_such_architecture"}))
+    plan = _scripted_plan(tmp_path, limit=4).read_text().replace(
+        'path = "alpha"\nbackend = "scripted"', f'path = "{model}"')
+    (tmp_path / "plan.toml").write_text(plan)
+    env = clean_env(HF_HOME=str(tmp_path / "hf"), EVALCORE_STATE_DIR=str(tmp_path / "state"))
+    r = run_cli("evalcore", "eval", tmp_path / "plan.toml", env=env)
     assert r.returncode == 1, r.stderr
-    assert "no_such_field" in r.stderr and "a rerun cannot fix" in r.stderr and "start a new run" in r.stderr
+    assert "BackendError" in r.stderr and "a rerun cannot fix" in r.stderr and "start a new run" in r.stderr
     assert "evalcore resume" not in r.stderr and "Resume with" not in r.stderr
+    run_dir = next((tmp_path / "outputs").iterdir())
+    st = run_cli("evalcore", "status", run_dir, "--errors", env=env)
+    assert "no_such_architecture" in st.stdout, st.stdout  # the whole message is one command away
 
 
 # -- interrupts, the run's state, one driver per run (items 5 and 7) --------------------------------
@@ -727,8 +755,8 @@ def test_a_fallback_is_recorded_in_the_run_and_shown_by_report(tmp_path, tiny_mo
     assert "flex_attention" in events[0]["reason"]
     md = run_cli("evalcore", "report", run_dir, "--format", "md", env=_env(tmp_path)).stdout
     assert "fallback: shared-context scoring off" in md
-    rows = json.loads(run_cli("evalcore", "report", run_dir, "--format", "json", env=_env(tmp_path)).stdout)
-    assert any("fallback: shared-context" in n for n in rows[0]["settings"]["m"]["notes"])
+    doc = json.loads(run_cli("evalcore", "report", run_dir, "--format", "json", env=_env(tmp_path)).stdout)
+    assert any("fallback: shared-context" in n for s in doc["settings"] if s["model"] == "m" for n in s["notes"])
 
 
 def test_the_faq_command_line_means_what_it_says(tmp_path):
