@@ -144,6 +144,7 @@ def _execute_and_report(ctx) -> None:
     bar.close()
     with Ledger(ctx.ledger_path, create=False) as ledger:
         click.echo(_summary(ctx, ledger, "table"))
+        _echo_paths(ctx, ledger, "table")
         if outcome.failed:
             click.echo("\nfailed partitions:", err=True)
             click.echo(report.failure_table(ledger.partitions(ctx.run_id)), err=True)
@@ -179,6 +180,15 @@ def _summary(ctx, ledger, fmt: str) -> str:
                                {d: "ppl" if t.mode == "ll" else "gen" for d, t in tasks.items()},
                                [m.name for m in ctx.plan.models], [d.abbr for d in ctx.plan.datasets])
     return report.render(rows, fmt)
+
+
+def _echo_paths(ctx, ledger, fmt: str) -> None:
+    """The backend paths taken and every fallback; on stderr where stdout is csv/json."""
+    from evalcore import report
+
+    lines = report.backend_path_lines(ledger.backend_paths(ctx.run_id))
+    if lines:
+        click.echo("\nbackend paths:\n" + "\n".join(lines), err=fmt in ("csv", "json"))
 
 
 @evalcore.command()
@@ -264,6 +274,7 @@ def report(run: str, fmt: str, samples_file: Path | None, work_dir: str) -> None
     ctx = RunContext.load(driver.find_run(run, work_dir))
     with Ledger(ctx.ledger_path, create=False) as ledger:
         click.echo(_summary(ctx, ledger, fmt))
+        _echo_paths(ctx, ledger, fmt)
         if samples_file:
             owner = {p["partition_id"]: (p["model_key"], p["dataset_key"]) for p in ledger.partitions(ctx.run_id)}
             tmp = samples_file.with_name(samples_file.name + ".tmp")

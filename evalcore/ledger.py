@@ -13,7 +13,8 @@ is tested without sleeping.
 
 Tables: runs, partitions (status, attempts, claim, lease, last error, timings), attempts (one row
 per claim: who, when, outcome, error — the history that `requeue` keeps), samples, results,
-loads (every model load a worker did).
+loads (every model load a worker did), backend_paths (the scoring / generation paths each
+worker's backend took for a model, with the reason of every fallback).
 """
 
 from __future__ import annotations
@@ -170,7 +171,20 @@ _V1 = (
 )
 
 
-SCHEMA = db.Schema(label="run ledger", application_id=APPLICATION_ID, migrations={1: db.script(_V1)})
+_V2 = (
+    """CREATE TABLE backend_paths (
+        run_id TEXT NOT NULL REFERENCES runs (run_id),
+        worker_id TEXT NOT NULL,
+        model_key TEXT NOT NULL,
+        paths_json TEXT NOT NULL,
+        recorded_at REAL NOT NULL,
+        PRIMARY KEY (run_id, worker_id, model_key)
+    )""",
+)
+
+
+SCHEMA = db.Schema(label="run ledger", application_id=APPLICATION_ID,
+                   migrations={1: db.script(_V1), 2: db.script(_V2)})
 
 _CLAIM_COLUMNS = ("partition_id, attempts, model_key, dataset_key, key_hash, spec_json, "
                   "sample_start, sample_end, n_gpus, expires_at")
@@ -505,6 +519,19 @@ class Ledger:
         return [dict(r) for r in self._read(
             "SELECT worker_id, model_key, started_at, seconds FROM loads WHERE run_id = ? "
             "ORDER BY started_at, id", (run_id,))]
+
+    def record_paths(self, run_id: str, worker_id: str, model_key: str, paths_json: str, *, now: float) -> None:
+        """What a worker's backend did for a model (fast paths taken, fallbacks and why)."""
+        with self._write() as conn:
+            conn.execute("INSERT INTO backend_paths (run_id, worker_id, model_key, paths_json, recorded_at) "
+                         "VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, worker_id, model_key) DO UPDATE SET "
+                         "paths_json = excluded.paths_json, recorded_at = excluded.recorded_at",
+                         (run_id, worker_id, model_key, paths_json, now))
+
+    def backend_paths(self, run_id: str) -> list[dict[str, Any]]:
+        return [{"worker_id": r["worker_id"], "model_key": r["model_key"], "paths": json.loads(r["paths_json"])}
+                for r in self._read("SELECT worker_id, model_key, paths_json FROM backend_paths WHERE run_id = ? "
+                                    "ORDER BY model_key, worker_id", (run_id,))]
 
     def put_results(self, run_id: str, rows: Iterable[Mapping[str, Any]]) -> None:
         """Upsert metric rows: model_key, dataset_key, metric, value, and optional stderr, n."""

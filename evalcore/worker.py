@@ -179,6 +179,7 @@ class Worker:
         try:
             self._ensure_model(claim.model_key)
             self._run_partition(claim)
+            self._record_paths(claim.model_key)
             self.ledger.complete(self.run_id, claim.partition_id, claim.token, now=time.time())
             print(f"[{self.worker_id}] done {claim.partition_id} in {time.time() - t0:.1f} s", flush=True)
         except ClaimLost:
@@ -215,6 +216,13 @@ class Worker:
         self.loaded = name
         self.ledger.record_load(self.run_id, self.worker_id, name, started_at=started, seconds=time.time() - started)
         print(f"[{self.worker_id}] loaded {name} in {time.time() - started:.1f} s", flush=True)
+
+    def _record_paths(self, model_key: str) -> None:
+        """Record the fast paths the backend took and every fallback (shown by the report)."""
+        paths = getattr(self.backend, "fast_paths", None)
+        if paths is not None:
+            self.ledger.record_paths(self.run_id, self.worker_id, model_key, json.dumps(paths(), sort_keys=True),
+                                     now=time.time())
 
     def _rows_of(self, abbr: str, which: str) -> list[dict]:
         from .data import load_rows
