@@ -284,14 +284,17 @@ class Ledger:
 
     def claim(self, run_id: str, worker_id: str, *, now: float, lease_s: float, pid: int, host: str,
               prefer_model: str | None = None, only_models: set[str] | None = None,
-              max_gpus: int | None = None) -> Claim | None:
+              max_gpus: int | None = None, prefer_dataset: str | None = None) -> Claim | None:
         """Take the next partition: a pending one, or a running one whose lease expired (its
-        holder died). Partitions of `prefer_model` (the model this worker has loaded) first, then
-        by model, dataset, first sample. None when nothing is claimable for this worker."""
+        holder died). Partitions of `prefer_model` (the model this worker has loaded) first, of
+        its `prefer_dataset` (the dataset it ran last: the prompts share its few-shot prefix, whose
+        KV cache the worker keeps) before its other datasets, then by model, dataset, first
+        sample. None when nothing is claimable for this worker."""
         if only_models is not None and not only_models:
             return None
         params: dict[str, Any] = {"run": run_id, "now": now, "exp": now + lease_s, "worker": worker_id,
                                   "pid": pid, "host": host, "pref": prefer_model, "gpus": max_gpus,
+                                  "pds": prefer_dataset,
                                   "token": secrets.token_hex(16)}
         filt = ""
         if only_models is not None:
@@ -305,8 +308,8 @@ class Ledger:
         order = "dataset_key, sample_start, partition_id"
         picks = []
         if prefer_model is not None:
-            picks += [f"SELECT rowid FROM partitions WHERE {cond} AND model_key = :pref{filt} ORDER BY {order} LIMIT 1"
-                      for cond in (pending, expired)]
+            picks += [f"SELECT rowid FROM partitions WHERE {cond} AND model_key = :pref{filt} "
+                      f"ORDER BY (dataset_key IS :pds) DESC, {order} LIMIT 1" for cond in (pending, expired)]
         picks += [f"SELECT rowid FROM partitions WHERE {cond}{filt} ORDER BY model_key, {order} LIMIT 1"
                   for cond in (pending, expired)]
         claim_sql = (

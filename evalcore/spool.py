@@ -146,11 +146,11 @@ class SpoolLedger:
     # -- the worker's subset of the Ledger API ---------------------------------------------
     def claim(self, run_id: str, worker_id: str, *, now: float, lease_s: float, pid: int, host: str,
               prefer_model: str | None = None, only_models: set[str] | None = None,
-              max_gpus: int | None = None) -> Claim | None:
+              max_gpus: int | None = None, prefer_dataset: str | None = None) -> Claim | None:
         got = self._call("claim", [run_id, worker_id],
                          {"now": now, "lease_s": lease_s, "pid": pid, "host": host, "prefer_model": prefer_model,
                           "only_models": None if only_models is None else sorted(only_models),
-                          "max_gpus": max_gpus})
+                          "max_gpus": max_gpus, "prefer_dataset": prefer_dataset})
         return None if got is None else Claim(**got)
 
     def heartbeat(self, run_id: str, partition_id: str, token: str, *, now: float, lease_s: float) -> bool:

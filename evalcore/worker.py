@@ -109,6 +109,7 @@ class Worker:
             self._lease_gpus = lambda: None
         self.backend = None
         self.loaded: str | None = None
+        self.last_dataset: str | None = None   # claimed next where it can: its prompts' prefix is cached
         self._rows: dict[tuple[str, str], list[dict]] = {}
         self._stopping = False  # set by a signal handler: a plain flag (an Event's lock can deadlock there)
 
@@ -124,7 +125,7 @@ class Worker:
             while not self._should_stop():
                 claim = self.ledger.claim(self.run_id, self.worker_id, now=time.time(), lease_s=self.lease_s,
                                           pid=os.getpid(), host=self.host, prefer_model=self.loaded,
-                                          only_models=eligible)
+                                          only_models=eligible, prefer_dataset=self.last_dataset)
                 if claim is None:
                     break
                 self._run_claim(claim)
@@ -180,6 +181,7 @@ class Worker:
             self._ensure_model(claim.model_key)
             self._run_partition(claim)
             self._record_paths(claim.model_key)
+            self.last_dataset = claim.dataset_key
             self.ledger.complete(self.run_id, claim.partition_id, claim.token, now=time.time())
             print(f"[{self.worker_id}] done {claim.partition_id} in {time.time() - t0:.1f} s", flush=True)
         except ClaimLost:

@@ -201,3 +201,27 @@ def test_generation_config_with_processors_keeps_generate(tiny_model_dir):
         b.generate([GenRequest("Once upon a time", 3)])
         assert b.fast_paths()["generation"] == "generate"
         assert "repetition_penalty" in b.gen_fallback_reason
+
+
+# -- partitions that share a prefix stay with the worker that has it cached ----------------------
+
+
+def test_claim_prefers_the_dataset_the_worker_ran_last(tmp_path):
+    import os
+
+    from evalcore.ledger import Ledger, PartitionRow
+
+    rows = [PartitionRow(f"p{i}", "m", ds, "h", "{}", "{}", i * 4, i * 4 + 4, 4.0, 0, 3)
+            for i, ds in enumerate(("arc", "mmlu_a", "arc", "mmlu_b", "mmlu_a"))]
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        ledger.create_run("r", str(tmp_path), "{}", [], rows, now=0.0)
+
+        def take(**kw):
+            return ledger.claim("r", "w", now=0.0, lease_s=10, pid=os.getpid(), host="h", prefer_model="m",
+                                **kw).partition_id
+
+        assert take() == "p0"                                    # by dataset, then first sample
+        assert take(prefer_dataset="mmlu_a") == "p1"
+        assert take(prefer_dataset="mmlu_a") == "p4"             # the cached prefix's dataset first
+        assert take(prefer_dataset="mmlu_a") == "p2"             # then the usual order
+        assert take(prefer_dataset=None) == "p3"
