@@ -130,6 +130,7 @@ class GreedyRefill:
         self.model, self.device, self.pad_id, self.eos = model, device, pad_id, set(eos)
         self.prefix_kv, self.is_stopped, self.on_tokens = prefix_kv, is_stopped, on_tokens
         self._cache_kw = cache_kwarg(model.forward)
+        self._keep = {"logits_to_keep": 1} if "logits_to_keep" in _params(model.forward) else {}
 
     def run(self, jobs: Sequence[Job], slots: int, done: dict[int, list[int]]) -> None:
         """Generate every job not yet in `done`; fills `done` (job index -> generated ids, EOS
@@ -157,10 +158,9 @@ class GreedyRefill:
                               or (bool(job.stops) and self.is_stopped(out, job.stops)))
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any) -> torch.Tensor:
-        kwargs = {"logits_to_keep": 1} if "logits_to_keep" in _params(self.model.forward) else {}
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                             **{self._cache_kw: cache}, **kwargs)
+                             **{self._cache_kw: cache}, **self._keep)
         return out.logits[:, -1].argmax(-1)
 
     def _prefill(self, group: list[Job]) -> _Batch:
