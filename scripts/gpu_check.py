@@ -152,6 +152,43 @@ def check_dtype(model_dir: Path, device: str, dtype: str, requests, gen_prompts,
     return row
 
 
+def table(result: dict) -> list[str]:
+    """The results as a markdown table (also used by docs/benchmarks.md)."""
+    lines = [f"{result['device']}, {result['size']} model ({result['parameters'] / 1e9:.2f}e9 parameters, random "
+             f"weights), {result['requests']} MMLU 5-shot questions, batch size auto, {result['seconds']} s in all "
+             f"({result['date']}; torch {result['torch']}, transformers {result['transformers']}).", "",
+             "| dtype | path | max abs ll diff to the reference | tokens/s | vs reference |", "|---|---|---|---|---|"]
+    for row in result["rows"]:
+        ref = row["reference"]
+        lines.append(f"| {row['dtype']} | reference (plain transformers, one pair at a time) | 0 | "
+                     f"{ref['tokens_per_s']} | 1.00x |")
+        for name in ("prefix", "packed", "plain"):
+            r = row[name]
+            lines.append(f"| {row['dtype']} | {name} | {r['max_abs_ll_diff']:.2e} | {r['tokens_per_s']} | "
+                         f"{r['speedup_vs_reference']:.2f}x |")
+        g = row["generation"]
+        lines.append(f"| {row['dtype']} | generation, {g['mode']} vs `generate` (same batch size) | identical: "
+                     f"{g['identical']} | - | {g['speedup']:.2f}x |")
+    return lines
+
+
+def render(result: dict) -> list[str]:
+    """The docs/benchmarks.md section: the GPU row, and the run this section measured."""
+    on_gpu = result["device"] != "cpu"
+    lines = ["## HF backend on an accelerator (scripts/gpu_check.py)", "",
+             "| device | dtype | result |", "|---|---|---|"]
+    if on_gpu:
+        lines.append(f"| {result['device']} | bf16, float32 | measured {result['date']}: see below |")
+    else:
+        lines.append("| CUDA GPU | bf16, float32 | not measured (no accelerator in this session) |")
+    lines += ["", ("Measured on the accelerator:" if on_gpu else
+                   "The same script on this machine's CPU (small model, float32), as `make bench` runs it:"), ""]
+    lines += table(result)
+    lines += ["", "Reproduce: `python scripts/gpu_check.py` (CUDA when visible: a ~1B Llama, bf16 and float32; "
+              "under 8 minutes on one GPU; no network needed)."]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
@@ -185,20 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             result["rows"].append(row)
             print(json.dumps(row), flush=True)
     result["seconds"] = round(time.perf_counter() - started, 1)
-    print(f"{result['device']}, {size} ({result['parameters'] / 1e9:.2f}e9 parameters), {n} MMLU 5-shot questions, "
-          f"{result['seconds']} s")
-    print("| dtype | path | max abs ll diff | tokens/s | vs reference |")
-    print("|---|---|---|---|---|")
-    for row in result["rows"]:
-        ref = row["reference"]
-        print(f"| {row['dtype']} | reference (one pair at a time) | 0 | {ref['tokens_per_s']} | 1.00x |")
-        for name in ("prefix", "packed", "plain"):
-            r = row[name]
-            print(f"| {row['dtype']} | {name} | {r['max_abs_ll_diff']:.2e} | {r['tokens_per_s']} | "
-                  f"{r['speedup_vs_reference']:.2f}x |")
-        g = row["generation"]
-        print(f"| {row['dtype']} | generation ({g['mode']} vs generate) | identical: {g['identical']} | - | "
-              f"{g['speedup']:.2f}x |")
+    print("\n".join(table(result)))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0

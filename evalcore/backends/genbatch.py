@@ -120,13 +120,13 @@ class GreedyRefill:
     """Runs `Job`s through `model` with at most `slots` sequences at a time (see the module doc).
 
     `prefix_kv(prefix)` gives the cached key/values of a shared prefix; `is_stopped(ids, stops)`
-    says whether generated ids hold a stop string; `on_tokens(n)` counts the real tokens run.
+    says whether generated ids hold a stop string; `on_tokens(real, padded)` counts the tokens run.
     """
 
     def __init__(self, model: Any, *, device: Any, pad_id: int, eos: Sequence[int],
                  prefix_kv: Callable[[tuple[int, ...]], Any],
                  is_stopped: Callable[[list[int], tuple[str, ...]], bool],
-                 on_tokens: Callable[[int], None] = lambda n: None) -> None:
+                 on_tokens: Callable[[int, int], None] = lambda real, padded: None) -> None:
         self.model, self.device, self.pad_id, self.eos = model, device, pad_id, set(eos)
         self.prefix_kv, self.is_stopped, self.on_tokens = prefix_kv, is_stopped, on_tokens
         self._cache_kw = cache_kwarg(model.forward)
@@ -177,7 +177,7 @@ class GreedyRefill:
         from transformers import DynamicCache
 
         cache = expanded_cache(self.prefix_kv(group[0].prefix), len(group)) if skip else DynamicCache()
-        self.on_tokens(sum(len(t) for t in tails))
+        self.on_tokens(sum(len(t) for t in tails), len(tails) * T)
         first = self._forward(ids.to(self.device), mask.to(self.device), pos.to(self.device), cache)
         b = _Batch()
         b.cache = cache
@@ -190,7 +190,7 @@ class GreedyRefill:
 
     def _step(self, batch: _Batch) -> None:
         mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch), 1))], dim=1)
-        self.on_tokens(len(batch))
+        self.on_tokens(len(batch), len(batch))
         nxt = self._forward(batch.next[:, None], mask, batch.pos[:, None], batch.cache)
         batch.mask, batch.next, batch.pos = mask, nxt, batch.pos + 1
         for out, t in zip(batch.out, nxt.tolist(), strict=True):

@@ -298,6 +298,7 @@ class HFBackend:
         self._gen_prefix: str | None = None      # "on" | "off": prefix reuse in the prefill
         self.gen_prefix_fallback_reason: str | None = None
         self.tokens_run = 0                      # real (non-padding) tokens run through the model
+        self.positions_run = 0                   # positions run through the model, padding included
         self._identity: dict[str, Any] | None = None
         self._logits_to_keep: bool | None = None
         self._closed = False
@@ -516,6 +517,7 @@ class HFBackend:
         if kv is None:
             kv = compute_prefix(self.model, prefix, self.device, hidden=self._pack_mode != "logits")
             self.tokens_run += len(prefix)
+            self.positions_run += len(prefix)
             self._prefixes.put(prefix, kv)
         return kv
 
@@ -559,6 +561,7 @@ class HFBackend:
         if skip:                                                         # the cached prefix
             allowed = torch.cat([torch.ones((len(rows), T, skip), dtype=torch.bool), allowed], dim=-1)
         self.tokens_run += int((seg >= 0).sum())
+        self.positions_run += int(ids.numel())
         mask = allowed[:, None]                                          # [B, 1, q, k]
         if PACKED_ATTENTION.get(self._attn_impl()) == "float":
             dtype = self.model.dtype
@@ -617,6 +620,7 @@ class HFBackend:
             ids[b, :len(x)] = torch.tensor(x)
         first = min(len(x) - len(p.cont) for x, p in zip(inps, pairs, strict=True))
         self.tokens_run += sum(len(x) for x in inps)
+        self.positions_run += len(inps) * T
         kwargs = {"logits_to_keep": T - first} if self._takes_logits_to_keep() else {}
         with torch.inference_mode():
             logits = self.model(input_ids=ids.to(self.device), use_cache=False, **kwargs).logits
@@ -889,8 +893,9 @@ class HFBackend:
             text = self.tokenizer.decode(ids, skip_special_tokens=False)
             return any(s in text for s in stops)
 
-        def count(n: int) -> None:
-            self.tokens_run += n
+        def count(real: int, padded: int) -> None:
+            self.tokens_run += real
+            self.positions_run += padded
 
         return GreedyRefill(self.model, device=self.device, pad_id=pad, eos=self._eos_ids(),
                             prefix_kv=self._prefix_kv, is_stopped=stopped, on_tokens=count)
@@ -993,7 +998,9 @@ class HFBackend:
                 max_new_tokens=max_new, do_sample=False, num_beams=1, temperature=None, top_p=None,
                 top_k=None, pad_token_id=pad, eos_token_id=eos or None, stopping_criteria=criteria,
                 use_cache=True)
-        self.tokens_run += sum(len(p) for p in prompts) + len(prompts) * max(0, generated.shape[1] - T - 1)
+        steps = len(prompts) * max(0, generated.shape[1] - T - 1)
+        self.tokens_run += sum(len(p) for p in prompts) + steps
+        self.positions_run += len(prompts) * T + steps
         texts = []
         for row, row_stops in zip(generated[:, T:].tolist(), stops, strict=True):
             for k, tok in enumerate(row):
