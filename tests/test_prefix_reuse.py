@@ -225,3 +225,21 @@ def test_claim_prefers_the_dataset_the_worker_ran_last(tmp_path):
         assert take(prefer_dataset="mmlu_a") == "p4"             # the cached prefix's dataset first
         assert take(prefer_dataset="mmlu_a") == "p2"             # then the usual order
         assert take(prefer_dataset=None) == "p3"
+
+
+def test_a_run_records_its_backend_paths_and_the_report_shows_them(tmp_path, tiny_model_dir):
+    """A real `evalcore eval` (worker processes, the ledger): the summary and `evalcore report`
+    list the paths the backend took."""
+    from tests.conftest import clean_env, run_cli
+    from tests.test_engine import run_dir_of, tiny, write_plan
+
+    plan = write_plan(tmp_path / "plan.toml", tiny(tiny_model_dir), limit=8, max_partition_size=100)
+    env = clean_env(HF_HOME=str(tmp_path / "hf"), EVALCORE_STATE_DIR=str(tmp_path / "state"))
+    r = run_cli("evalcore", "eval", plan, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "backend paths:" in r.stdout and "tiny: shared-context packing hidden" in r.stdout
+    assert "prefix reuse in scoring on" in r.stdout
+    rep = run_cli("evalcore", "report", run_dir_of(r.stdout), "--format", "json", env=env)
+    assert rep.returncode == 0, rep.stderr
+    json.loads(rep.stdout)                                   # stdout stays plain JSON
+    assert "tiny: shared-context packing hidden" in rep.stderr
