@@ -175,6 +175,7 @@ def _execute_and_report(ctx) -> None:
     bar.close()
     with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
         click.echo(_summary(ctx, ledger, "table"))
+        _echo_paths(ctx, ledger, "table")
         if outcome.failed:
             from evalcore.errors import RERUN_CANNOT_FIX
 
@@ -239,6 +240,15 @@ def _summary(ctx, ledger, fmt: str) -> str:
     if notes and fmt in ("csv", "json"):  # keep machine formats parseable
         click.echo("\n".join(notes), err=True)
     return report.render(rows, fmt) + ("\n\n" + "\n".join(notes) if notes and fmt in ("table", "md") else "")
+
+
+def _echo_paths(ctx, ledger, fmt: str) -> None:
+    """The backend paths taken and every fallback; on stderr where stdout is csv/json."""
+    from evalcore import report
+
+    lines = report.backend_path_lines(ledger.backend_paths(ctx.run_id))
+    if lines:
+        click.echo("\nbackend paths:\n" + "\n".join(lines), err=fmt in ("csv", "json"))
 
 
 @evalcore.command()
@@ -382,6 +392,8 @@ def report(run: str | None, fmt: str, out_file: Path | None, samples_file: Path 
         text = _with_settings(text, fmt, ledger.partitions(ctx.run_id), ctx.run_dir)
         if out_file is None:
             click.echo(text)
+            if fmt != "html":
+                _echo_paths(ctx, ledger, fmt)
         else:
             _write_atomically(out_file, text + "\n")
         click.echo(data["note"], err=True)

@@ -14,7 +14,8 @@ is tested without sleeping.
 Tables: runs, partitions (status, attempts, claim, lease, last error, timings), attempts (one row
 per claim: who, when, outcome, error — the history that `requeue` keeps), samples, results (in
 versions: `result_versions` says which computed them, eval or a rescore; per subtask too), loads
-(every model load a worker did).
+(every model load a worker did), backend_paths (the scoring / generation paths each worker's
+backend took for a model, with the reason of every fallback).
 """
 
 from __future__ import annotations
@@ -203,8 +204,20 @@ _V2 = (
     "ALTER TABLE results_v2 RENAME TO results",
 )
 
+# Schema 3: what each worker's backend did for a model (fast paths, fallbacks and why).
+_V3 = (
+    """CREATE TABLE backend_paths (
+        run_id TEXT NOT NULL REFERENCES runs (run_id),
+        worker_id TEXT NOT NULL,
+        model_key TEXT NOT NULL,
+        paths_json TEXT NOT NULL,
+        recorded_at REAL NOT NULL,
+        PRIMARY KEY (run_id, worker_id, model_key)
+    )""",
+)
+
 SCHEMA = db.Schema(label="run ledger", application_id=APPLICATION_ID,
-                   migrations={1: db.script(_V1), 2: db.script(_V2)})
+                   migrations={1: db.script(_V1), 2: db.script(_V2), 3: db.script(_V3)})
 
 _CLAIM_COLUMNS = ("partition_id, attempts, model_key, dataset_key, key_hash, spec_json, "
                   "sample_start, sample_end, n_gpus, expires_at")
@@ -326,14 +339,17 @@ class Ledger:
 
     def claim(self, run_id: str, worker_id: str, *, now: float, lease_s: float, pid: int, host: str,
               prefer_model: str | None = None, only_models: set[str] | None = None,
-              max_gpus: int | None = None) -> Claim | None:
+              max_gpus: int | None = None, prefer_dataset: str | None = None) -> Claim | None:
         """Take the next partition: a pending one, or a running one whose lease expired (its
-        holder died). Partitions of `prefer_model` (the model this worker has loaded) first, then
-        by model, dataset, first sample. None when nothing is claimable for this worker."""
+        holder died). Partitions of `prefer_model` (the model this worker has loaded) first, of
+        its `prefer_dataset` (the dataset it ran last: the prompts share its few-shot prefix, whose
+        KV cache the worker keeps) before its other datasets, then by model, dataset, first
+        sample. None when nothing is claimable for this worker."""
         if only_models is not None and not only_models:
             return None
         params: dict[str, Any] = {"run": run_id, "now": now, "exp": now + lease_s, "worker": worker_id,
                                   "pid": pid, "host": host, "pref": prefer_model, "gpus": max_gpus,
+                                  "pds": prefer_dataset,
                                   "token": secrets.token_hex(16)}
         filt = ""
         if only_models is not None:
@@ -347,8 +363,8 @@ class Ledger:
         order = "dataset_key, sample_start, partition_id"
         picks = []
         if prefer_model is not None:
-            picks += [f"SELECT rowid FROM partitions WHERE {cond} AND model_key = :pref{filt} ORDER BY {order} LIMIT 1"
-                      for cond in (pending, expired)]
+            picks += [f"SELECT rowid FROM partitions WHERE {cond} AND model_key = :pref{filt} "
+                      f"ORDER BY (dataset_key IS :pds) DESC, {order} LIMIT 1" for cond in (pending, expired)]
         picks += [f"SELECT rowid FROM partitions WHERE {cond}{filt} ORDER BY model_key, {order} LIMIT 1"
                   for cond in (pending, expired)]
         claim_sql = (
@@ -575,6 +591,19 @@ class Ledger:
         return [dict(r) for r in self._read(
             "SELECT worker_id, model_key, started_at, seconds FROM loads WHERE run_id = ? "
             "ORDER BY started_at, id", (run_id,))]
+
+    def record_paths(self, run_id: str, worker_id: str, model_key: str, paths_json: str, *, now: float) -> None:
+        """What a worker's backend did for a model (fast paths taken, fallbacks and why)."""
+        with self._write() as conn:
+            conn.execute("INSERT INTO backend_paths (run_id, worker_id, model_key, paths_json, recorded_at) "
+                         "VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, worker_id, model_key) DO UPDATE SET "
+                         "paths_json = excluded.paths_json, recorded_at = excluded.recorded_at",
+                         (run_id, worker_id, model_key, paths_json, now))
+
+    def backend_paths(self, run_id: str) -> list[dict[str, Any]]:
+        return [{"worker_id": r["worker_id"], "model_key": r["model_key"], "paths": json.loads(r["paths_json"])}
+                for r in self._read("SELECT worker_id, model_key, paths_json FROM backend_paths WHERE run_id = ? "
+                                    "ORDER BY model_key, worker_id", (run_id,))]
 
     def put_results(self, run_id: str, rows: Iterable[Mapping[str, Any]], *, now: float | None = None) -> int:
         """Upsert what `eval` computed: model_key, dataset_key, metric, value, and optional

@@ -95,6 +95,32 @@ def render(rows: list[dict], fmt: str) -> str:
                       *("  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows)])
 
 
+# (path key, its fallback-reason key, what a user reads)
+BACKEND_PATHS = (("packing", "packing_fallback", "shared-context packing"),
+                 ("prefix_reuse", "prefix_fallback", "prefix reuse in scoring"),
+                 ("generation", "generation_fallback", "refill generation"),
+                 ("prefix_reuse_generation", "prefix_generation_fallback", "prefix reuse in generation"))
+
+
+def backend_path_lines(rows: Iterable[dict]) -> list[str]:
+    """One line per model with the paths its workers took, then one per fallback and its reason
+    (rows: the ledger's backend_paths)."""
+    taken: dict[str, dict[str, set[str]]] = {}
+    falls: dict[str, dict[tuple[str, str], None]] = {}
+    for r in rows:
+        paths = r["paths"]
+        for key, why, label in BACKEND_PATHS:
+            if paths.get(key) is not None:
+                taken.setdefault(r["model_key"], {}).setdefault(label, set()).add(str(paths[key]))
+            if paths.get(why):
+                falls.setdefault(r["model_key"], {})[(label, paths[why])] = None
+    lines = []
+    for model in sorted(taken):
+        lines.append(f"{model}: " + ", ".join(f"{label} {'/'.join(sorted(v))}" for label, v in taken[model].items()))
+        lines.extend(f"  fallback: {label} not used: {why}" for label, why in falls.get(model, {}))
+    return lines
+
+
 def sample_lines(samples: Iterable[tuple[str, int, str]], owner: dict[str, tuple[str, str]]) -> Iterable[str]:
     """Per-sample JSON lines: model, dataset, index, prompt, continuations + log-likelihoods or
     the generation, prediction, gold, per-sample metrics."""

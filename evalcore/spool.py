@@ -57,7 +57,8 @@ from .ledger import Claim
 
 PROTOCOL = 1
 DEFAULT_TIMEOUT_S = 60.0
-METHODS = ("claim", "heartbeat", "add_samples", "done_indices", "complete", "fail", "record_load")
+METHODS = ("claim", "heartbeat", "add_samples", "done_indices", "complete", "fail", "record_load",
+           "record_paths")
 _CHANNEL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _SEQ_FILE = re.compile(r"^(\d+)\.json$")
 _POLL_MIN_S, _POLL_MAX_S = 0.002, 0.05
@@ -145,11 +146,11 @@ class SpoolLedger:
     # -- the worker's subset of the Ledger API ---------------------------------------------
     def claim(self, run_id: str, worker_id: str, *, now: float, lease_s: float, pid: int, host: str,
               prefer_model: str | None = None, only_models: set[str] | None = None,
-              max_gpus: int | None = None) -> Claim | None:
+              max_gpus: int | None = None, prefer_dataset: str | None = None) -> Claim | None:
         got = self._call("claim", [run_id, worker_id],
                          {"now": now, "lease_s": lease_s, "pid": pid, "host": host, "prefer_model": prefer_model,
                           "only_models": None if only_models is None else sorted(only_models),
-                          "max_gpus": max_gpus})
+                          "max_gpus": max_gpus, "prefer_dataset": prefer_dataset})
         return None if got is None else Claim(**got)
 
     def heartbeat(self, run_id: str, partition_id: str, token: str, *, now: float, lease_s: float) -> bool:
@@ -175,6 +176,9 @@ class SpoolLedger:
     def record_load(self, run_id: str, worker_id: str, model_key: str, *, started_at: float,
                     seconds: float) -> None:
         self._call("record_load", [run_id, worker_id, model_key], {"started_at": started_at, "seconds": seconds})
+
+    def record_paths(self, run_id: str, worker_id: str, model_key: str, paths_json: str, *, now: float) -> None:
+        self._call("record_paths", [run_id, worker_id, model_key, paths_json], {"now": now})
 
     def close(self) -> None:
         """Tell the driver this channel is finished (it deletes it); never waits, never raises."""

@@ -111,6 +111,7 @@ class Worker:
             self._lease_gpus = lambda: None
         self.backend = None
         self.loaded: str | None = None
+        self.last_dataset: str | None = None   # claimed next where it can: its prompts' prefix is cached
         self._rows: dict[tuple[str, str], list[dict]] = {}
         self._fallbacks: set[tuple[str, str, str]] = set()
         self._stopping = False  # set by a signal handler: a plain flag (an Event's lock can deadlock there)
@@ -127,7 +128,7 @@ class Worker:
             while not self._should_stop():
                 claim = self.ledger.claim(self.run_id, self.worker_id, now=time.time(), lease_s=self.lease_s,
                                           pid=os.getpid(), host=self.host, prefer_model=self.loaded,
-                                          only_models=eligible)
+                                          only_models=eligible, prefer_dataset=self.last_dataset)
                 if claim is None:
                     break
                 self._run_claim(claim)
@@ -187,6 +188,8 @@ class Worker:
         try:
             self._ensure_model(claim.model_key)
             self._run_partition(claim)
+            self._record_paths(claim.model_key)
+            self.last_dataset = claim.dataset_key
             self.ledger.complete(self.run_id, claim.partition_id, claim.token, now=time.time())
             print(f"[{self.worker_id}] done {claim.partition_id} in {time.time() - t0:.1f} s", flush=True)
         except ClaimLost:
@@ -224,6 +227,13 @@ class Worker:
         self.loaded = name
         self.ledger.record_load(self.run_id, self.worker_id, name, started_at=started, seconds=time.time() - started)
         print(f"[{self.worker_id}] loaded {name} in {time.time() - started:.1f} s", flush=True)
+
+    def _record_paths(self, model_key: str) -> None:
+        """Record the fast paths the backend took and every fallback (shown by the report)."""
+        paths = getattr(self.backend, "fast_paths", None)
+        if paths is not None:
+            self.ledger.record_paths(self.run_id, self.worker_id, model_key, json.dumps(paths(), sort_keys=True),
+                                     now=time.time())
 
     def _rows_of(self, abbr: str, which: str) -> list[dict]:
         from .data import load_rows

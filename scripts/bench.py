@@ -4,7 +4,9 @@ measured in the same run on the same machine (these machines are shared and nois
     python scripts/bench.py [--only SECTION ...] [--bundle-mb N]
 
 Sections: bundles (prefetch / verify / import / start-up), engine (ledger throughput, model loads),
-inference (evalcore vs lm-evaluation-harness, same requests), sched (makespan on 8 fake GPUs). Results of sections not run this
+inference (evalcore vs lm-evaluation-harness, same requests), exact (scoring phase, whole process and
+tokens vs the prefix-tree floor, few-shot tasks included), gpu (scripts/gpu_check.py: on CPU with a
+small model unless a CUDA device is visible), sched (makespan on 8 fake GPUs). Results of sections not run this
 time are kept from the previous docs/benchmarks.md (build/bench/results.json).
 """
 
@@ -47,7 +49,8 @@ def main() -> None:
     BUILD.mkdir(parents=True, exist_ok=True)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     sections = {"bundles": lambda: bench_bundles(args.bundle_mb), "engine": bench_engine,
-                "inference": bench_inference, "sched": lambda: bench_sched(results)}
+                "inference": bench_inference, "exact": bench_exact, "gpu": bench_gpu,
+                "sched": lambda: bench_sched(results)}
     for name, fn in sections.items():
         if args.only is None or name in args.only:
             print(f"== {name}", flush=True)
@@ -88,6 +91,20 @@ def bench_inference() -> dict:
     return run(BUILD)
 
 
+def bench_exact() -> dict:
+    from scripts.bench_exact import run
+
+    return run(BUILD)
+
+
+def bench_gpu() -> dict:
+    """scripts/gpu_check.py in its own process (CUDA when visible, else CPU with a small model)."""
+    out = BUILD / "gpu_check.json"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--threads", "1", "--json", str(out)],
+                   check=True, cwd=ROOT)
+    return json.loads(out.read_text())
+
+
 def render(results: dict) -> str:
     from scripts.bench_bundles import render as render_bundles
 
@@ -105,6 +122,14 @@ def render(results: dict) -> str:
         from scripts.bench_inference import render as render_inference
 
         out += render_inference(results["inference"])
+    if "exact" in results:
+        from scripts.bench_exact import render as render_exact
+
+        out += render_exact(results["exact"]) + ["", f"Reproduce: `{results['exact']['cmd']}`", ""]
+    if "gpu" in results:
+        from scripts.gpu_check import render as render_gpu
+
+        out += render_gpu(results["gpu"]) + [""]
     if "sched" in results:
         from scripts.bench_sched import render as render_sched
 

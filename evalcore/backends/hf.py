@@ -48,6 +48,8 @@ from .base import (
     ModelSettings,
     prefetch_hint,
 )
+from .genbatch import GreedyRefill, Job, needs_generate
+from .prefix import PrefixStore, cache_kwarg, compute_prefix, expanded_cache, plan_prefixes
 
 DEFAULT_MAX_LENGTH = 2048          # lm-eval's default when neither config nor tokenizer says
 TOKENIZER_INFINITY = 1000000000000000019884624838656
@@ -256,14 +258,17 @@ class HFBackend:
     """A `transformers` causal LM behind the evalcore `Backend` protocol.
 
     `packed` (default True) enables the shared-context fast path for multiple-choice requests;
+    `prefix_reuse` (default True) computes token prefixes shared across requests once and reuses
+    their KV cache (evalcore/backends/prefix.py), for scoring and for the prefill of generation;
     `token_budget` caps the padded tokens per packed forward pass (default 256 on CPU, no cap on
     GPU, where the batch size limits rows instead).
     """
 
-    def __init__(self, settings: ModelSettings, *, packed: bool = True,
+    def __init__(self, settings: ModelSettings, *, packed: bool = True, prefix_reuse: bool = True,
                  token_budget: int | None = None) -> None:
         self.settings = settings
         self.packed = packed
+        self.prefix_reuse = prefix_reuse
         if settings.threads:
             torch.set_num_threads(settings.threads)
         self._model_kwargs = {k: _coerce(v) for k, v in settings.model_kwargs.items()}
@@ -285,6 +290,15 @@ class HFBackend:
             self._rows, self._token_budget = 1, None
         self._pack_mode: str | None = None       # "hidden" | "logits" | "off", decided by a probe
         self.packed_fallback_reason: str | None = None
+        self._prefix_mode: str | None = None     # "on" | "off", decided by a probe
+        self.prefix_fallback_reason: str | None = None
+        self._prefixes = PrefixStore()
+        self._gen_mode: str | None = None        # "refill" | "generate", decided by a probe
+        self.gen_fallback_reason: str | None = None
+        self._gen_prefix: str | None = None      # "on" | "off": prefix reuse in the prefill
+        self.gen_prefix_fallback_reason: str | None = None
+        self.tokens_run = 0                      # real (non-padding) tokens run through the model
+        self.positions_run = 0                   # positions run through the model, padding included
         self._identity: dict[str, Any] | None = None
         self._logits_to_keep: bool | None = None
         self._closed = False
@@ -430,8 +444,8 @@ class HFBackend:
                 pairs.append(_Pair((i, j), tuple(ctx), tuple(cont), merged))
         plain = pairs
         if self.packed and pairs and self._packing_available():
-            rows, plain = self._plan_rows(pairs)
-            self._score_rows(rows, scores)
+            rows, plain = self._plan_rows(pairs, keep_single=self._prefix_available())
+            plain = plain + self._score_rows(rows, scores)
         self._score_plain(plain, scores)
         out = []
         for i, req in enumerate(requests):
@@ -450,8 +464,9 @@ class HFBackend:
             cap = min(cap, window)
         return cap
 
-    def _plan_rows(self, pairs: list[_Pair]) -> tuple[list[_Row], list[_Pair]]:
-        """Group pairs by context ids into packed rows; the rest goes to the plain path."""
+    def _plan_rows(self, pairs: list[_Pair], keep_single: bool = False) -> tuple[list[_Row], list[_Pair]]:
+        """Group pairs by context ids into packed rows; the rest goes to the plain path (contexts
+        with one continuation too, unless `keep_single`: they may share a prefix with others)."""
         cap = self._row_cap()
         groups: dict[tuple[int, ...], list[_Pair]] = {}
         plain: list[_Pair] = []
@@ -462,7 +477,7 @@ class HFBackend:
                 groups.setdefault(p.ctx, []).append(p)
         rows: list[_Row] = []
         for ctx, members in groups.items():
-            if len(members) < 2:
+            if len(members) < 2 and not keep_single:
                 plain.extend(members)
                 continue
             chunk: list[_Pair] = []
@@ -476,13 +491,45 @@ class HFBackend:
             rows.append(_Row(ctx, tuple(chunk)))
         return rows, plain
 
-    def _score_rows(self, rows: list[_Row], scores: dict) -> None:
-        rows = sorted(rows, key=lambda r: (-r.length, r.ctx))
-        self._run_batches(rows, [r.length for r in rows], lambda batch: self._forward_rows(batch, scores),
-                          use_budget=True)
+    def _score_rows(self, rows: list[_Row], scores: dict) -> list[_Pair]:
+        """Score packed rows; rows that share a context prefix with others (or with a prefix this
+        worker already computed) run after its cached KV. Returns the pairs left to the plain
+        path: single-continuation rows that share no prefix."""
+        groups: dict[tuple[int, ...], list[_Row]] = {(): []}
+        if self._prefix_available():
+            plan = plan_prefixes([r.ctx for r in rows], known=self._prefixes.keys())
+            for i, r in enumerate(rows):
+                groups.setdefault(plan.get(i, ()), []).append(r)
+        else:
+            groups[()] = list(rows)
+        plain = [p for r in groups[()] if len(r.pairs) == 1 for p in r.pairs]
+        groups[()] = [r for r in groups[()] if len(r.pairs) > 1]
+        for prefix, members in sorted(groups.items(), key=lambda kv: kv[0]):
+            if not members:
+                continue
+            kv, skip = (self._prefix_kv(prefix) if prefix else None), len(prefix)
+            members.sort(key=lambda r: (-r.length, r.ctx))
+            self._run_batches(members, [r.length - skip for r in members],
+                              lambda batch, kv=kv, n=skip: self._forward_rows(batch, scores, kv, n),
+                              use_budget=True)
+        return plain
 
-    def _packed_inputs(self, rows: Sequence[_Row]) -> tuple[torch.Tensor, ...]:
-        """input ids, 4D mask, position ids and the gather plan for a batch of packed rows."""
+    def _prefix_kv(self, prefix: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        kv = self._prefixes.get(prefix)
+        if kv is None:
+            kv = compute_prefix(self.model, prefix, self.device, hidden=self._pack_mode != "logits")
+            self.tokens_run += len(prefix)
+            self.positions_run += len(prefix)
+            self._prefixes.put(prefix, kv)
+        return kv
+
+    def _packed_inputs(self, rows: Sequence[_Row], skip: int = 0) -> tuple[torch.Tensor, ...]:
+        """input ids, 4D mask, position ids and the gather plan for a batch of packed rows; with
+        `skip`, the first `skip` context tokens (a shared prefix) are in the KV cache already: the
+        ids start after them, positions count from them, and every row's mask sees them."""
+        if skip:
+            rows = [_Row(r.ctx[skip:], tuple(_Pair(p.key, p.ctx[skip:], p.cont, p.merged) for p in r.pairs))
+                    for r in rows]
         T = max(r.length for r in rows)
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((len(rows), T), pad, dtype=torch.long)
@@ -495,14 +542,14 @@ class HFBackend:
             C = len(row.ctx)
             ids[b, :C] = torch.tensor(row.ctx)
             seg[b, :C] = 0
-            pos[b, :C] = torch.arange(C)
+            pos[b, :C] = torch.arange(skip, skip + C)
             off = C
             for j, p in enumerate(row.pairs, start=1):
                 n = len(p.cont) - 1
                 if n:
                     ids[b, off:off + n] = torch.tensor(p.cont[:-1])
                     seg[b, off:off + n] = j
-                    pos[b, off:off + n] = torch.arange(C, C + n)
+                    pos[b, off:off + n] = torch.arange(skip + C, skip + C + n)
                 b_idx.extend([b] * (n + 1))
                 t_idx.append(C - 1)
                 t_idx.extend(range(off, off + n))
@@ -513,6 +560,10 @@ class HFBackend:
         sq, sk = seg[:, :, None], seg[:, None, :]
         allowed = causal[None] & (sk >= 0) & ((sk == 0) | (sk == sq))     # [B, q, k]
         allowed = torch.where(sq < 0, torch.eye(T, dtype=torch.bool)[None], allowed)
+        if skip:                                                         # the cached prefix
+            allowed = torch.cat([torch.ones((len(rows), T, skip), dtype=torch.bool), allowed], dim=-1)
+        self.tokens_run += int((seg >= 0).sum())
+        self.positions_run += int(ids.numel())
         mask = allowed[:, None]                                          # [B, 1, q, k]
         if PACKED_ATTENTION.get(self._attn_impl()) == "float":
             dtype = self.model.dtype
@@ -520,23 +571,28 @@ class HFBackend:
         return (ids.to(self.device), mask.to(self.device), pos.to(self.device),
                 torch.tensor(b_idx), torch.tensor(t_idx), torch.tensor(targets))
 
-    def _packed_logits(self, rows: Sequence[_Row], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Float32 logits at every position that predicts a continuation token, and the targets."""
-        ids, mask, pos, b_idx, t_idx, targets = self._packed_inputs(rows)
+    def _packed_logits(self, rows: Sequence[_Row], mode: str, kv: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                       skip: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float32 logits at every position that predicts a continuation token, and the targets;
+        `kv` holds the key/value states of the rows' first `skip` context tokens."""
+        ids, mask, pos, b_idx, t_idx, targets = self._packed_inputs(rows, skip)
+        cache: dict[str, Any] = {"use_cache": False}
+        if kv is not None:
+            fn = self.model.base_model if mode == "hidden" else self.model
+            cache = {cache_kwarg(fn.forward): expanded_cache(kv, len(rows)), "use_cache": True}
         with torch.inference_mode():
             if mode == "hidden":
                 hidden = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                               use_cache=False).last_hidden_state
+                                               **cache).last_hidden_state
                 picked = hidden[b_idx.to(hidden.device), t_idx.to(hidden.device)]
                 logits = self.model.get_output_embeddings()(picked)
             else:
-                full = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                  use_cache=False).logits
+                full = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, **cache).logits
                 logits = full[b_idx.to(full.device), t_idx.to(full.device)]
         return logits.float(), targets
 
-    def _forward_rows(self, rows: Sequence[_Row], scores: dict) -> None:
-        logits, targets = self._packed_logits(rows, self._pack_mode or "hidden")
+    def _forward_rows(self, rows: Sequence[_Row], scores: dict, kv: Any = None, skip: int = 0) -> None:
+        logits, targets = self._packed_logits(rows, self._pack_mode or "hidden", kv, skip)
         self._collect(logits, targets, [p for r in rows for p in r.pairs], scores)
 
     @staticmethod
@@ -565,6 +621,8 @@ class HFBackend:
         for b, x in enumerate(inps):
             ids[b, :len(x)] = torch.tensor(x)
         first = min(len(x) - len(p.cont) for x, p in zip(inps, pairs, strict=True))
+        self.tokens_run += sum(len(x) for x in inps)
+        self.positions_run += len(inps) * T
         kwargs = {"logits_to_keep": T - first} if self._takes_logits_to_keep() else {}
         with torch.inference_mode():
             logits = self.model(input_ids=ids.to(self.device), use_cache=False, **kwargs).logits
@@ -653,6 +711,77 @@ class HFBackend:
         return "off", (f"model type {model_type!r} with {impl!r} attention does not honour the packed "
                        f"4D mask / position ids ({'; '.join(reasons)})")
 
+    # -- the prefix-reuse probe ----------------------------------------------------------------
+
+    @property
+    def prefix_mode(self) -> str | None:
+        """Whether shared prefixes are computed once and reused as a KV cache: "on", "off" (see
+        `prefix_fallback_reason`), or None before the first request that could use it."""
+        return self._prefix_mode
+
+    def fast_paths(self) -> dict[str, Any]:
+        """The scoring and generation paths this backend took, with the reason of every fallback
+        (recorded in the run by the worker, shown in the report)."""
+        return {"packing": self._pack_mode, "packing_fallback": self.packed_fallback_reason,
+                "prefix_reuse": self._prefix_mode, "prefix_fallback": self.prefix_fallback_reason,
+                "generation": self._gen_mode, "generation_fallback": self.gen_fallback_reason,
+                "prefix_reuse_generation": self._gen_prefix,
+                "prefix_generation_fallback": self.gen_prefix_fallback_reason}
+
+    def _prefix_available(self) -> bool:
+        if not self.prefix_reuse:
+            return False
+        if self._prefix_mode is None:
+            self._prefix_mode, self.prefix_fallback_reason = self._probe_prefix()
+        return self._prefix_mode == "on"
+
+    def _probe_prefix(self) -> tuple[str, str | None]:
+        """Check, on this model, that rows scored after a cached shared prefix give the per-pair
+        logits of a plain forward pass (and the same argmax)."""
+        cfg = self.model.config
+        window = getattr(cfg, "sliding_window", None)
+        if isinstance(window, int) and window > 0 and getattr(cfg, "use_sliding_window", True):
+            return "off", f"sliding-window attention ({window} tokens): a reused prefix cache is not checked there"
+        if getattr(cfg, "is_encoder_decoder", False):
+            return "off", "encoder-decoder model"
+        if not self._packing_available():
+            return "off", f"needs the packed 4D mask, which is off here ({self.packed_fallback_reason})"
+        head = tuple(self.tok_encode("A probe primer shared by every question: the fox, the dog, the cat, the bird "
+                                     "and the fish all live together by the old river bank."))
+        tails = [tuple(self.tok_encode(t, add_special_tokens=False))
+                 for t in (" Which one swims?", " Which one flies high?")]
+        conts = [tuple(self.tok_encode(t, add_special_tokens=False))[:4] for t in (" the fish", " the bird")]
+        room = self._row_cap() - max(len(t) for t in tails) - sum(len(c) - 1 for c in conts)
+        if room < 2:
+            return "off", f"the model's maximum length {self._row_cap()} is too short to check a shared prefix"
+        head = head[:room - 1] if len(head) >= room else head
+        rows = [_Row(head + t, tuple(_Pair((i, j), head + t, c, False) for j, c in enumerate(conts)))
+                for i, t in enumerate(tails)]
+        reference = []
+        with torch.inference_mode():
+            for row in rows:
+                for p in row.pairs:
+                    ids = torch.tensor([list(row.ctx + p.cont[:-1])], device=self.device)
+                    full = self.model(input_ids=ids, use_cache=False).logits[0]
+                    reference.append(full[len(row.ctx) - 1:].float())
+        reference = torch.cat(reference)
+        skip = len(head)
+        try:
+            kv = compute_prefix(self.model, head, self.device, hidden=self._pack_mode != "logits")
+            got, _ = self._packed_logits(rows, self._pack_mode or "hidden", kv, skip)
+        except Exception as exc:  # noqa: BLE001 - any failure means the reused cache does not work here
+            return "off", f"scoring after a cached prefix failed: {type(exc).__name__}: {exc}"
+        tol = 1e-3 if self.model.dtype == torch.float32 else 3e-2
+        err = float((got - reference).norm() / reference.norm().clamp_min(1e-12)) \
+            if got.shape == reference.shape else float("inf")
+        same_argmax = got.shape == reference.shape and bool((got.argmax(-1) == reference.argmax(-1)).all())
+        if err < tol and same_argmax:
+            return "on", None
+        model_type = getattr(cfg, "model_type", "?")
+        return "off", (f"model type {model_type!r} with {self._attn_impl()!r} attention does not give the plain "
+                       f"numbers after a cached prefix (relative logit error {err:.2e}"
+                       f"{'' if same_argmax else ', argmax differs'})")
+
     # -- batching with OOM back-off -------------------------------------------------------------
 
     def _run_batches(self, items: Sequence[Any], lengths: Sequence[int], run: Callable[[Sequence[Any]], None],
@@ -722,9 +851,13 @@ class HFBackend:
         return sorted(ids)
 
     def generate(self, requests: Sequence[GenRequest]) -> list[str]:
-        """Greedy completions (left padding, longest first), cut at the first stop string / EOS."""
+        """Greedy completions, cut at the first stop string / EOS: finished sequences leave the
+        batch and waiting prompts take their place (evalcore/backends/genbatch.py), or, where the
+        probe says that differs from `generate`, left-padded `generate` batches, longest first."""
         self._check_open()
         encoded = [self._encode_prompt(r.prompt) for r in requests]
+        if any(r.max_new_tokens >= 1 for r in requests) and self._refill_available():
+            return self._generate_refill(requests, encoded)
         out: list[str | None] = [None] * len(requests)
         by_budget: dict[int, list[int]] = {}
         for i, r in enumerate(requests):
@@ -749,6 +882,107 @@ class HFBackend:
             self._run_batches(idx, lengths, run, use_budget=False)
         return [o if o is not None else "" for o in out]
 
+    def _refill_available(self) -> bool:
+        if self._gen_mode is None:
+            self._gen_mode, self.gen_fallback_reason, self._gen_prefix, self.gen_prefix_fallback_reason = \
+                self._probe_generation()
+        return self._gen_mode == "refill"
+
+    def _refill(self) -> GreedyRefill:
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+        def stopped(ids: list[int], stops: tuple[str, ...]) -> bool:
+            text = self.tokenizer.decode(ids, skip_special_tokens=False)
+            return any(s in text for s in stops)
+
+        def count(real: int, padded: int) -> None:
+            self.tokens_run += real
+            self.positions_run += padded
+
+        return GreedyRefill(self.model, device=self.device, pad_id=pad, eos=self._eos_ids(),
+                            prefix_kv=self._prefix_kv, is_stopped=stopped, on_tokens=count)
+
+    def _gen_jobs(self, requests: Sequence[GenRequest], encoded: list[list[int]], prefixes: bool) -> list[Job]:
+        jobs = []
+        for i, r in enumerate(requests):
+            if r.max_new_tokens < 1:
+                continue
+            max_ctx = self.max_length - r.max_new_tokens
+            if max_ctx <= 0:
+                raise BackendError(f"max_new_tokens {r.max_new_tokens} leaves no room for the prompt in the "
+                                   f"model's maximum length {self.max_length}")
+            jobs.append(Job(i, tuple(encoded[i][-max_ctx:]), r.max_new_tokens, tuple(s for s in r.stop if s)))
+        if prefixes and jobs:
+            plan = plan_prefixes([j.ids for j in jobs], known=self._prefixes.keys())
+            for k, j in enumerate(jobs):
+                j.prefix = plan.get(k, ())
+        return jobs
+
+    def _generate_refill(self, requests: Sequence[GenRequest], encoded: list[list[int]]) -> list[str]:
+        jobs = self._gen_jobs(requests, encoded, self._gen_prefix == "on")
+        done = self._run_refill(jobs)
+        out = [""] * len(requests)
+        for j in jobs:
+            text = self.tokenizer.decode(done[j.index], skip_special_tokens=True)
+            out[j.index] = cut_at_stops(text, requests[j.index].stop)
+        return out
+
+    def _run_refill(self, jobs: list[Job]) -> dict[int, list[int]]:
+        """Run the jobs with the batch size as slots; on GPU 'auto', halve and go on after OOM."""
+        runner, done, oom = self._refill(), {}, _cuda_oom()
+        while True:
+            try:
+                runner.run(jobs, self._rows, done)
+                return done
+            except oom as exc:
+                if not self._shrink(self._rows):
+                    raise BackendError(f"out of GPU memory generating with {self._rows} sequences at a time",
+                                       hint="lower --batch-size or use --batch-size auto") from exc
+
+    def _probe_generation(self) -> tuple[str, str | None, str | None, str | None]:
+        """Check, on this model, that the refill loop gives `generate`'s greedy tokens (one prompt
+        at a time, as lm-eval's reference), with and without a cached shared prefix."""
+        cfg = self.model.config
+        if getattr(cfg, "is_encoder_decoder", False):
+            return "generate", "encoder-decoder model", None, None
+        extra = needs_generate(getattr(self.model, "generation_config", None))
+        if extra:
+            return "generate", f"the generation config sets {', '.join(extra)}: `generate` applies it", None, None
+        head = "A probe primer shared by every prompt: the fox, the dog, the cat, the bird and the fish."
+        prompts = [head + " The fox", head + " Then the bird and the cat", "Short prompt:"]
+        reqs = [GenRequest(p, 6) for p in prompts]
+        encoded = [self._encode_prompt(p) for p in prompts]
+        eos = self._eos_ids()
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        reference = {}
+        with torch.inference_mode():
+            for i, ids in enumerate(encoded):
+                ids = ids[-(self.max_length - 6):]
+                got = self.model.generate(input_ids=torch.tensor([ids], device=self.device), max_new_tokens=6,
+                                          do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
+                                          pad_token_id=pad, eos_token_id=eos or None)[0, len(ids):].tolist()
+                k = next((n for n, t in enumerate(got) if t in eos), len(got))
+                reference[i] = got[:k]
+        ways = [False] + ([True] if self.prefix_reuse else [])
+        results: dict[bool, str | None] = {}
+        for with_prefix in ways:
+            try:
+                done = {}
+                self._refill().run(self._gen_jobs(reqs, encoded, with_prefix), 2, done)
+                results[with_prefix] = None if done == reference else "greedy tokens differ from `generate`"
+            except Exception as exc:  # noqa: BLE001 - any failure means this way does not work here
+                results[with_prefix] = f"{type(exc).__name__}: {exc}"
+        model_type = getattr(cfg, "model_type", "?")
+        if results[False] is not None:
+            return "generate", f"model type {model_type!r}: the refill loop failed its check ({results[False]})", \
+                None, None
+        if not self.prefix_reuse:
+            return "refill", None, None, None
+        if results[True] is not None:
+            return "refill", None, "off", f"model type {model_type!r}: prefill after a cached prefix failed its " \
+                f"check ({results[True]})"
+        return "refill", None, "on", None
+
     def _generate_batch(self, prompts: list[list[int]], stops: list[tuple[str, ...]], max_new: int) -> list[str]:
         T = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -766,6 +1000,9 @@ class HFBackend:
                 max_new_tokens=max_new, do_sample=False, num_beams=1, temperature=None, top_p=None,
                 top_k=None, pad_token_id=pad, eos_token_id=eos or None, stopping_criteria=criteria,
                 use_cache=True)
+        steps = len(prompts) * max(0, generated.shape[1] - T - 1)
+        self.tokens_run += sum(len(p) for p in prompts) + steps
+        self.positions_run += len(prompts) * T + steps
         texts = []
         for row, row_stops in zip(generated[:, T:].tolist(), stops, strict=True):
             for k, tok in enumerate(row):
