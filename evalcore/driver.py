@@ -132,6 +132,7 @@ def execute(ctx, *, on_progress=None) -> Outcome:
 
 def finalize(ctx, ledger) -> None:
     """Aggregate the samples of every model x dataset whose partitions are all done."""
+    from .benchmarks.suite_scoring import group_rows
     from .scoring import aggregate
 
     parts = ledger.partitions(ctx.run_id)
@@ -147,12 +148,14 @@ def finalize(ctx, ledger) -> None:
             by_unit.setdefault(key, []).append(json.loads(out))
     rows = []
     for (model, dataset), samples in by_unit.items():
-        for metric, agg in aggregate(samples).items():
+        aggregated = aggregate(samples)
+        for metric, agg in aggregated.items():
             rows.append({"model_key": model, "dataset_key": dataset, "metric": metric, "value": agg["value"],
                          "stderr": agg["stderr"], "n": agg["n"]})
             if "macro" in agg:
                 rows.append({"model_key": model, "dataset_key": dataset, "metric": f"{metric}_macro",
                              "value": agg["macro"], "stderr": None, "n": agg["n"]})
+        rows += group_rows(model, dataset, aggregated)  # per subject/task and per category: "acc/stem"
     ledger.put_results(ctx.run_id, rows)
 
 

@@ -8,15 +8,19 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from . import metrics
+from .benchmarks import suite_scoring
 from .benchmarks.definition import Task
 from .benchmarks.rows import Requests
 
 
-def score_ll(task: Task, row: dict, index: int, reqs: Requests, logprobs: list[float], greedy: list[bool]) -> dict:
+def score_ll(task: Task, row: dict, index: int, reqs: Requests, logprobs: list[float], greedy: list[bool],
+             n_tokens: list[int] | None = None) -> dict:
     """A multiple-choice row (one request per choice, or per context in the multiple-input form)."""
     requests = _ll_requests(reqs, logprobs, greedy)
     gold = reqs.gold
-    if task.metric == "lmeval":
+    if task.metric in suite_scoring.CHOICE_METRICS:
+        rec_metrics, pred = suite_scoring.score_choices(task, row, reqs, logprobs, n_tokens)
+    elif task.metric == "lmeval":
         from .benchmarks.lmeval_scoring import score_multiple_choice
 
         rec_metrics, pred = score_multiple_choice(task, reqs, logprobs, greedy)
@@ -27,17 +31,22 @@ def score_ll(task: Task, row: dict, index: int, reqs: Requests, logprobs: list[f
            "pred": pred, "metrics": rec_metrics}
     if task.group:
         rec["group"] = task.group(row)
+    if suite_scoring.category(task, row):
+        rec["category"] = suite_scoring.category(task, row)
     return rec
 
 
 def score_loglik(task: Task, row: dict, index: int, reqs: Requests, logprobs: list[float], greedy: list[bool],
                  n_tokens: list[int] | None = None) -> dict:
     """`loglikelihood` (one continuation) and `loglikelihood_rolling` (a whole text) rows."""
-    from .benchmarks.lmeval_scoring import score_loglikelihood
-
     requests = _ll_requests(reqs, logprobs, greedy)
-    rec = {"index": index, "requests": requests, "gold": reqs.continuations[0],
-           "metrics": score_loglikelihood(task, reqs, logprobs[0], greedy[0])}
+    if task.metric in suite_scoring.LOGLIK_METRICS:
+        rec_metrics = suite_scoring.score_loglik(task, logprobs[0], greedy[0])
+    else:
+        from .benchmarks.lmeval_scoring import score_loglikelihood
+
+        rec_metrics = score_loglikelihood(task, reqs, logprobs[0], greedy[0])
+    rec = {"index": index, "requests": requests, "gold": reqs.continuations[0], "metrics": rec_metrics}
     if task.group:
         rec["group"] = task.group(row)
     return rec
@@ -58,7 +67,11 @@ def score_gen(task: Task, row: dict, index: int, reqs: Requests, generation: str
     prompt = reqs.contexts[0]
     request = {"context": prompt, "generation": generation}
     rec = {"index": index, "requests": [request], "gold": list(gold) if isinstance(gold, tuple) else gold}
-    if task.metric == "lmeval":
+    if task.metric in suite_scoring.GEN_METRICS:
+        got = suite_scoring.score_generation(task, row, generation, gold, allow_code_execution=allow_code_execution)
+        request["filtered"], rec["pred"], rec["metrics"] = got["filtered"], got["pred"], got["metrics"]
+        rec.update({"execution": got["execution"]} if "execution" in got else {})
+    elif task.metric == "lmeval":
         from .benchmarks.lmeval_scoring import score_generation
 
         filtered, rec["metrics"] = score_generation(task, generation, gold)
@@ -98,6 +111,7 @@ def score_gen(task: Task, row: dict, index: int, reqs: Requests, generation: str
 def aggregate(samples: Iterable[dict]) -> dict[str, dict]:
     """metric -> {"value", "stderr", "n"} over sample records; grouped tasks (MMLU) also get
     per-group values and both averages (micro is what lm-eval reports for mmlu)."""
+    samples = list(samples)
     values: dict[str, list[float]] = defaultdict(list)
     groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for s in samples:
@@ -112,4 +126,5 @@ def aggregate(samples: Iterable[dict]) -> dict[str, dict]:
             g = metrics.group_scores(groups[name])
             out[name]["macro"] = g.macro
             out[name]["groups"] = {s.name: s.mean for s in g.subjects}
+    suite_scoring.extend_aggregate(samples, out)
     return out

@@ -118,12 +118,12 @@ BBH_CONFIGS = (
 
 _ARC_E = HubRef("allenai/ai2_arc", "ARC-Easy", "validation", "train")
 _ARC_C = HubRef("allenai/ai2_arc", "ARC-Challenge", "validation", "train")
-_SIQA = HubRef("allenai/social_i_qa", None, "validation")
+_SIQA = HubRef("lighteval/siqa", None, "validation", "train")  # lm-eval 0.4.13 (allenai/social_i_qa has a script)
 
 BUILTIN: dict[str, Task] = {
     "arc_easy_ppl": Task("arc_easy_ppl", "ll", _arc_text, _arc_target, _arc_choices, hub=_ARC_E),
     "arc_challenge_ppl": Task("arc_challenge_ppl", "ll", _arc_text, _arc_target, _arc_choices, hub=_ARC_C),
-    "piqa_ppl": Task("piqa_ppl", "ll", _piqa_text, _piqa_target, _piqa_choices, hub=HubRef("ybisk/piqa", None, "validation")),
+    "piqa_ppl": Task("piqa_ppl", "ll", _piqa_text, _piqa_target, _piqa_choices, hub=HubRef("baber/piqa", None, "validation", "train")),
     "siqa_ppl": Task("siqa_ppl", "ll", _siqa_text, _siqa_target, _siqa_choices, hub=_SIQA),
     "siqa_gen": Task("siqa_gen", "gen", _siqa_gen_text, _siqa_gen_target, stop=("\n",), max_out_len=16,
                      metric="letter", extra=("ABC",), hub=_SIQA),
@@ -138,3 +138,7 @@ BUILTIN: dict[str, Task] = {
                           stop=("\nclass", "\ndef", "\n#", "\nif", "\nprint"), max_out_len=512, metric="humaneval",
                           needs_execution=True, hub=HubRef("openai/openai_humaneval", None, "test")),
 }
+
+from .suite import with_suite  # noqa: E402  (the standard suite and the lm-eval names: evalcore/benchmarks/suite.py)
+
+BUILTIN = with_suite(BUILTIN)
