@@ -64,14 +64,31 @@ def prefetch(models, datasets, spaces, locals_, plan_file, include, exclude, tru
     sources += [parse_hub_spec(s, "dataset", **opts) for s in datasets]
     sources += [parse_hub_spec(s, "space", **opts) for s in spaces]
     sources += [parse_local_spec(s, **opts) for s in locals_]
+    needs = []
     if plan_file:
+        from evalcore.benchmarks.needs import dataset_needs
         from evalcore.plan import load_plan, plan_sources
 
-        sources += plan_sources(load_plan(plan_file), include=include, exclude=exclude,
-                                trust_remote_code=trust_remote_code)
+        plan = load_plan(plan_file)
+        sources += plan_sources(plan, include=include, exclude=exclude, trust_remote_code=trust_remote_code)
+        needs = dataset_needs(plan)
     m = run(sources, out, log=lambda s: click.echo(s, err=True))
+    if needs:
+        _check_needs(m, needs, out)
     size = sum(m.objects().values())
     click.echo(f"bundle {out}: {len(m.entries)} entries, {len(m.objects())} files, {human_size(size)}")
+
+
+def _check_needs(manifest, needs, out: Path) -> None:
+    """Every config and split the plan's datasets read is in the bundle (BBH: all 27 configs)."""
+    from cachekit.errors import NotFoundError
+    from evalcore.benchmarks.needs import missing_in
+
+    missing = missing_in(manifest, needs)
+    if missing:
+        raise NotFoundError(f"the plan needs {len(missing)} config/split(s) the fetched datasets lack: "
+                            f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''} (bundle {out} was "
+                            "written without them)", hint="check the plan's dataset config/split, or the repo's revision")
 
 
 @cachekit.command()
