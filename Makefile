@@ -34,9 +34,11 @@ bench: setup smollm2
 	$(BIN)/python scripts/bench.py
 
 # lm-evaluation-harness 0.4.13 in its own venv, offline, on the tiny model and SmolLM2;
-# writes tests/crosscheck/ (committed; tests/test_fidelity.py compares against it).
+# writes tests/crosscheck/ (committed; tests/test_fidelity.py and tests/test_fidelity_suite.py compare
+# against it). The standard suite's part runs a subset with XC_TASKS=hellaswag,bbh,...
 crosscheck:
 	TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX="$(TORCH_INDEX)" $(PYTHON) scripts/crosscheck.py
+	TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX="$(TORCH_INDEX)" $(PYTHON) scripts/crosscheck_suite.py $(if $(XC_TASKS),--tasks $(XC_TASKS))
 
 lint: setup
 	$(BIN)/ruff check cachekit evalcore cli tests scripts
