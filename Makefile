@@ -46,10 +46,12 @@ bench: setup smollm2
 	$(BIN)/python scripts/bench.py
 
 # lm-evaluation-harness 0.4.13 in its own venv, offline, on the tiny model and SmolLM2;
-# writes tests/crosscheck/ (committed; tests/test_fidelity.py compares against it).
+# writes tests/crosscheck/ (committed; tests/test_fidelity.py and tests/test_fidelity_suite.py compare
+# against it). The standard suite's part runs a subset with XC_TASKS=hellaswag,bbh,...
 # Then lm-eval's own arc_easy on a cachekit-imported allenai/ai2_arc bundle (tests/crosscheck/hubcache/).
 crosscheck: setup
 	TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX="$(TORCH_INDEX)" $(PYTHON) scripts/crosscheck.py
+	TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX="$(TORCH_INDEX)" $(PYTHON) scripts/crosscheck_suite.py $(if $(XC_TASKS),--tasks $(XC_TASKS))
 	TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX="$(TORCH_INDEX)" OMP_NUM_THREADS=1 $(BIN)/python scripts/crosscheck_hubcache.py
 
 # The toolkit's wheel and every dependency wheel for an offline host, into a bundle's wheels/.

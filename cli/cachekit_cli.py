@@ -85,12 +85,15 @@ def prefetch(models, datasets, spaces, metrics, locals_, plan_file, include, exc
     sources += [parse_hub_spec(s, "space", **opts) for s in spaces]
     sources += [parse_hub_spec(metric_repo(s), "space", **opts) for s in metrics]
     sources += [parse_local_spec(s, **opts) for s in locals_]
+    needs = []
     if plan_file:
         from cachekit.errors import UsageError
         from cachekit.sources import local_advice
+        from evalcore.benchmarks.needs import dataset_needs
         from evalcore.plan import load_plan, plan_local_paths, plan_sources
 
         plan = load_plan(plan_file)
+        needs = dataset_needs(plan)
         from_plan = plan_sources(plan, include=include, exclude=exclude, trust_remote_code=trust_remote_code)
         advice = local_advice(plan_local_paths(plan), str(out))
         if not from_plan and not sources and advice:
@@ -100,9 +103,23 @@ def prefetch(models, datasets, spaces, metrics, locals_, plan_file, include, exc
             click.echo(f"note: {line}", err=True)
         sources += from_plan
     m = run(sources, out, log=lambda s: click.echo(s, err=True), wheels=wheels)
+    if needs:
+        _check_needs(m, needs, out)
     size = sum(m.objects().values())
     click.echo(f"bundle {out}: {len(m.entries)} entries, {len(m.objects())} files, {human_size(size)}"
                + (f", {len(m.wheels)} wheels ({human_size(sum(w.size for w in m.wheels))})" if m.wheels else ""))
+
+
+def _check_needs(manifest, needs, out: Path) -> None:
+    """Every config and split the plan's datasets read is in the bundle (BBH: all 27 configs)."""
+    from cachekit.errors import NotFoundError
+    from evalcore.benchmarks.needs import missing_in
+
+    missing = missing_in(manifest, needs)
+    if missing:
+        raise NotFoundError(f"the plan needs {len(missing)} config/split(s) the fetched datasets lack: "
+                            f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''} (bundle {out} was "
+                            "written without them)", hint="check the plan's dataset config/split, or the repo's revision")
 
 
 @cachekit.command()

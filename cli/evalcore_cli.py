@@ -591,19 +591,26 @@ def gpus() -> None:
 @click.argument("plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @handle_errors
 def needs(plan_file: Path) -> None:
-    """Print the models and datasets a plan needs and the prefetch command that bundles them.
+    """Print the models and datasets a plan needs (each dataset with its configs and splits) and
+    the prefetch command that bundles them.
 
     \b
     Example:
       evalcore needs eval.toml
     """
     from cachekit.sources import local_advice
+    from evalcore.benchmarks.needs import dataset_needs, describe
     from evalcore.plan import load_plan, plan_local_paths, plan_sources
 
     plan = load_plan(plan_file)
     sources = plan_sources(plan)
+    needs = dataset_needs(plan)  # hub datasets with the configs and splits each one reads
+    described = {n.repo_id for n in needs}
     for s in sources:
-        click.echo(f"{s.repo_type:8} {s.repo_id}@{s.revision}")
+        if s.repo_type != "dataset" or s.repo_id not in described:
+            click.echo(f"{s.repo_type:8} {s.repo_id}@{s.revision}")
+    for need in needs:
+        click.echo(f"{'dataset':8} {describe(need)}")
     if sources:
         click.echo(f"\non a host with internet:\n  cachekit prefetch --plan {plan_file} --out bundle.tar")
     else:

@@ -443,6 +443,8 @@ def plan_sources(plan: Plan, include=(), exclude=(), trust_remote_code=False) ->
 
     out = []
     for m in plan.models:
+        if m.backend == "scripted":  # a stand-in model: nothing to fetch
+            continue
         for path, rev in ((m.path, m.revision), (m.tokenizer_path, m.tokenizer_revision or m.revision)):
             if path and not is_local(path):
                 out.append(Source("model", path, rev or "main", None, tuple(include), tuple(exclude),

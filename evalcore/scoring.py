@@ -9,15 +9,19 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
 from . import metrics
+from .benchmarks import suite_scoring
 from .benchmarks.definition import Task
 from .benchmarks.rows import Requests
 
 
-def score_ll(task: Task, row: dict, index: int, reqs: Requests, logprobs: list[float], greedy: list[bool]) -> dict:
+def score_ll(task: Task, row: dict, index: int, reqs: Requests, logprobs: list[float], greedy: list[bool],
+             n_tokens: list[int] | None = None) -> dict:
     """A multiple-choice row (one request per choice, or per context in the multiple-input form)."""
     requests = _ll_requests(reqs, logprobs, greedy)
     gold = reqs.gold
-    if task.metric == "lmeval":
+    if task.metric in suite_scoring.CHOICE_METRICS:
+        rec_metrics, pred = suite_scoring.score_choices(task, row, reqs, logprobs, n_tokens)
+    elif task.metric == "lmeval":
         from .benchmarks.lmeval_scoring import score_multiple_choice
 
         rec_metrics, pred = score_multiple_choice(task, reqs, logprobs, greedy)
@@ -28,17 +32,22 @@ def score_ll(task: Task, row: dict, index: int, reqs: Requests, logprobs: list[f
            "pred": pred, "metrics": rec_metrics}
     if task.group:
         rec["group"] = task.group(row)
+    if suite_scoring.category(task, row):
+        rec["category"] = suite_scoring.category(task, row)
     return rec
 
 
 def score_loglik(task: Task, row: dict, index: int, reqs: Requests, logprobs: list[float], greedy: list[bool],
                  n_tokens: list[int] | None = None) -> dict:
     """`loglikelihood` (one continuation) and `loglikelihood_rolling` (a whole text) rows."""
-    from .benchmarks.lmeval_scoring import score_loglikelihood
-
     requests = _ll_requests(reqs, logprobs, greedy)
-    rec = {"index": index, "requests": requests, "gold": reqs.continuations[0],
-           "metrics": score_loglikelihood(task, reqs, logprobs[0], greedy[0])}
+    if task.metric in suite_scoring.LOGLIK_METRICS:
+        rec_metrics = suite_scoring.score_loglik(task, logprobs[0], greedy[0])
+    else:
+        from .benchmarks.lmeval_scoring import score_loglikelihood
+
+        rec_metrics = score_loglikelihood(task, reqs, logprobs[0], greedy[0])
+    rec = {"index": index, "requests": requests, "gold": reqs.continuations[0], "metrics": rec_metrics}
     if task.group:
         rec["group"] = task.group(row)
     return rec
@@ -59,7 +68,11 @@ def score_gen(task: Task, row: dict, index: int, reqs: Requests, generation: str
     prompt = reqs.contexts[0]
     request = {"context": prompt, "generation": generation}
     rec = {"index": index, "requests": [request], "gold": list(gold) if isinstance(gold, tuple) else gold}
-    if task.metric == "lmeval":
+    if task.metric in suite_scoring.GEN_METRICS:
+        got = suite_scoring.score_generation(task, row, generation, gold, allow_code_execution=allow_code_execution)
+        request["filtered"], rec["pred"], rec["metrics"] = got["filtered"], got["pred"], got["metrics"]
+        rec.update({"execution": got["execution"]} if "execution" in got else {})
+    elif task.metric == "lmeval":
         from .benchmarks.lmeval_scoring import score_generation
 
         filtered, rec["metrics"] = score_generation(task, generation, gold)
@@ -102,6 +115,7 @@ def aggregate(samples: Iterable[dict]) -> dict[str, dict]:
     aggregate as lm-eval does (lm_eval/api/metrics.py: `perplexity` = exp(-mean ll),
     `weighted_perplexity` = exp(-sum ll / sum weight), `bits_per_byte` = -sum ll / sum bytes / ln 2)."""
     values: dict[str, list] = defaultdict(list)
+    samples = list(samples)
     groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for s in samples:
         for name, v in s["metrics"].items():
@@ -120,12 +134,14 @@ def aggregate(samples: Iterable[dict]) -> dict[str, dict]:
             out[name]["groups"] = {s.name: s.mean for s in g.subjects}
             out[name]["group_stats"] = {s.name: {"value": s.mean, "stderr": s.stderr, "n": s.size}
                                         for s in g.subjects}
+    suite_scoring.extend_aggregate(samples, out)
     return out
 
 
 def result_rows(model: str, dataset: str, samples: Iterable[dict]) -> list[dict]:
     """The ledger's result rows of one model x dataset: each metric (value, stderr, n), the
-    macro average of a grouped task as `<metric>_macro`, and one row per group (subtask)."""
+    macro average of a grouped task as `<metric>_macro`, one row per group (subtask: an MMLU
+    subject, a BBH task) and one per category (subtask `category:stem`, ...)."""
     rows = []
     for metric, agg in aggregate(samples).items():
         base = {"model_key": model, "dataset_key": dataset}
@@ -134,6 +150,8 @@ def result_rows(model: str, dataset: str, samples: Iterable[dict]) -> list[dict]
             rows.append({**base, "metric": f"{metric}_macro", "value": agg["macro"], "stderr": None, "n": agg["n"]})
         for group, st in agg.get("group_stats", {}).items():
             rows.append({**base, "subtask": group, "metric": metric, **st})
+        for cat, st in agg.get("category_stats", {}).items():  # MMLU's four categories
+            rows.append({**base, "subtask": f"category:{cat}", "metric": metric, **st})
     return rows
 
 

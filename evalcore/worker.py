@@ -282,7 +282,8 @@ class Worker:
             else:
                 results = loglikelihoods(self.backend, built)
                 score = score_ll if task.mode == "ll" else score_loglik
-                recs = [score(task, rows[i], i, b, lps, greedy) for i, b, (lps, greedy) in zip(idx, built, results, strict=True)]
+                recs = [score(task, rows[i], i, b, lps, greedy, n_tokens=ntok)
+                        for i, b, (lps, greedy, ntok) in zip(idx, built, results, strict=True)]
             rows_json = [(r["index"], json.dumps(r, ensure_ascii=False)) for r in recs]
             if not self.ledger.add_samples(self.run_id, claim.partition_id, claim.token, rows_json, now=time.time()):
                 raise ClaimLost()
@@ -309,7 +310,7 @@ class Worker:
                       flush=True)
 
 
-def loglikelihoods(backend, built) -> list[tuple[list[float], list[bool]]]:
+def loglikelihoods(backend, built) -> list[tuple[list[float], list[bool], list[int]]]:
     """Score rows' requests in one backend call: one context with its continuations, or (the
     multiple-input form) one request per context with the shared continuation."""
     from .backends.base import LoglikRequest
@@ -327,10 +328,10 @@ def loglikelihoods(backend, built) -> list[tuple[list[float], list[bool]]]:
     for n in shape:
         if n:
             part = results[pos:pos + n]
-            out.append(([r.logprobs[0] for r in part], [r.greedy[0] for r in part]))
+            out.append(([r.logprobs[0] for r in part], [r.greedy[0] for r in part], [r.n_tokens[0] for r in part]))
             pos += n
         else:
-            out.append((list(results[pos].logprobs), list(results[pos].greedy)))
+            out.append((list(results[pos].logprobs), list(results[pos].greedy), list(results[pos].n_tokens)))
             pos += 1
     return out
 

@@ -95,10 +95,10 @@ def test_only_selected_rows_are_checked(tmp_path):
 def test_all_unknown_names_at_once_with_the_closest(tmp_path):
     env = clean_env(HF_HOME=str(tmp_path / "hf"), EVALCORE_STATE_DIR=str(tmp_path / "state"))
     work = tmp_path / "outputs"
-    r = run_cli("evalcore", "eval", "--hf-path", "s", "--datasets", "arc_easy_ppl", "arc_easyppl", "gsm_gen",
-                "siqa_gen", "mmlu", "--work-dir", work, env=env)
-    assert_refused(r, work, "'arc_easyppl' (closest built-in: arc_easy_ppl)", "'gsm_gen' (closest built-in: gsm8k_gen)",
-                   "'mmlu' (closest built-in: mmlu_ppl)")
+    r = run_cli("evalcore", "eval", "--hf-path", "s", "--datasets", "arc_easy_ppl", "arc_easyppl", "gsm8k_ggen",
+                "siqa_gen", "mmlu_pppl", "--work-dir", work, env=env)
+    assert_refused(r, work, "'arc_easyppl' (closest built-in: arc_easy_ppl)", "'gsm8k_ggen' (closest built-in: gsm8k_gen)",
+                   "'mmlu_pppl' (closest built-in: mmlu_ppl)")
 
 
 @pytest.mark.parametrize("key,value,needle", [

@@ -13,7 +13,7 @@ from evalcore.tasks import BUILTIN, build_context, fewshot_rows, task_for
 from tests.conftest import ROOT, clean_env, run_cli
 
 DATA = ROOT / "tests" / "data"
-REPOS = {"ybisk/piqa": "piqa", "allenai/social_i_qa": "social_i_qa", "lukaemon/bbh": "bbh",
+REPOS = {"baber/piqa": "piqa", "lighteval/siqa": "social_i_qa", "lukaemon/bbh": "bbh",
          "openai/openai_humaneval": "openai_humaneval", "openai/gsm8k": "gsm8k", "cais/mmlu": "mmlu",
          "allenai/ai2_arc": "../../bundles/demo/data/ai2_arc"}
 
@@ -52,7 +52,8 @@ def test_prompts_follow_lm_eval():
     ctx = build_context(t, gsm, fewshot_rows(t, rows("gsm8k/main/train.jsonl"), gsm))
     assert ctx.count("Question: ") == 6 and ctx.endswith(f"Question: {gsm['question']}\nAnswer:")
     assert t.stop == ("Question:", "</s>", "<|im_end|>")
-    assert len({t.version for t in BUILTIN.values()}) == len(BUILTIN)
+    distinct = {id(t): t for t in BUILTIN.values()}.values()  # an alias (lm-eval's name) is the same entry
+    assert len({t.version for t in distinct}) == len(distinct)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ Adding a built-in is one entry in BUILTIN (and its crosscheck rows)."""
 
 from __future__ import annotations
 
-import re
-
 from .definition import SUBSET_FIELD, HubRef, Row, Task
 
 
@@ -106,73 +104,6 @@ def _humaneval_target(d: Row) -> str:
     return d["task_id"]
 
 
-def _hellaswag_clean(text: str) -> str:
-    """lm-eval hellaswag `preprocess`: strip, " [title]" -> ". ", drop [bracketed] artefacts, "  " -> " "."""
-    text = text.strip().replace(" [title]", ". ")
-    text = re.sub("\\[.*?\\]", "", text)
-    return text.replace("  ", " ")
-
-
-def _hellaswag_docs(rows: list[Row]) -> list[Row]:
-    """lm-eval hellaswag `process_docs`: a query and four cleaned endings per row (fields kept)."""
-    out = []
-    for d in rows:
-        ctx = d["ctx_a"] + " " + d["ctx_b"].capitalize()
-        out.append({**d, "query": _hellaswag_clean(d["activity_label"] + ": " + ctx),
-                    "choices": [_hellaswag_clean(e) for e in d["endings"]], "gold": int(d["label"])})
-    return out
-
-
-def _hellaswag_text(d: Row) -> str:
-    return d["query"]
-
-
-def _hellaswag_choices(d: Row) -> list[str]:
-    return list(d["choices"])
-
-
-def _hellaswag_target(d: Row) -> int:
-    return int(d["label"])
-
-
-def _winogrande_gold(d: Row) -> int:
-    return {"1": 0, "2": 1}[d["answer"]]  # WinoGrande's answer is 1-based
-
-
-def _winogrande_contexts(d: Row) -> list[str]:
-    head = d["sentence"][:d["sentence"].index("_")]
-    return [head + d["option1"], head + d["option2"]]
-
-
-def _winogrande_continuation(d: Row) -> str:
-    return d["sentence"][d["sentence"].index("_") + 1:].strip()
-
-
-def _boolq_text(d: Row) -> str:
-    return f"{d['passage']}\nQuestion: {d['question']}?\nAnswer:"
-
-
-def _boolq_choices(d: Row) -> list[str]:
-    return ["no", "yes"]
-
-
-def _boolq_target(d: Row) -> int:
-    return int(d["label"])  # aps/super_glue boolq: 0 = no, 1 = yes
-
-
-def _csqa_text(d: Row) -> str:
-    t = d["choices"]["text"]
-    return (f"Question: {d['question'].strip()}\nA. {t[0]}\nB. {t[1]}\nC. {t[2]}\nD. {t[3]}\nE. {t[4]}\nAnswer:")
-
-
-def _csqa_choices(d: Row) -> list[str]:
-    return ["A", "B", "C", "D", "E"]
-
-
-def _csqa_target(d: Row) -> int:
-    return ["A", "B", "C", "D", "E"].index(d["answerKey"])
-
-
 # lukaemon/bbh: one config per BIG-Bench Hard task, each with a "test" split.
 BBH_CONFIGS = (
     "boolean_expressions", "causal_judgement", "date_understanding", "disambiguation_qa", "dyck_languages",
@@ -187,12 +118,12 @@ BBH_CONFIGS = (
 
 _ARC_E = HubRef("allenai/ai2_arc", "ARC-Easy", "validation", "train")
 _ARC_C = HubRef("allenai/ai2_arc", "ARC-Challenge", "validation", "train")
-_SIQA = HubRef("allenai/social_i_qa", None, "validation")
+_SIQA = HubRef("lighteval/siqa", None, "validation", "train")  # lm-eval 0.4.13 (allenai/social_i_qa has a script)
 
 BUILTIN: dict[str, Task] = {
     "arc_easy_ppl": Task("arc_easy_ppl", "ll", _arc_text, _arc_target, _arc_choices, hub=_ARC_E),
     "arc_challenge_ppl": Task("arc_challenge_ppl", "ll", _arc_text, _arc_target, _arc_choices, hub=_ARC_C),
-    "piqa_ppl": Task("piqa_ppl", "ll", _piqa_text, _piqa_target, _piqa_choices, hub=HubRef("ybisk/piqa", None, "validation")),
+    "piqa_ppl": Task("piqa_ppl", "ll", _piqa_text, _piqa_target, _piqa_choices, hub=HubRef("baber/piqa", None, "validation", "train")),
     "siqa_ppl": Task("siqa_ppl", "ll", _siqa_text, _siqa_target, _siqa_choices, hub=_SIQA),
     "siqa_gen": Task("siqa_gen", "gen", _siqa_gen_text, _siqa_gen_target, stop=("\n",), max_out_len=16,
                      metric="letter", extra=("ABC",), hub=_SIQA),
@@ -203,21 +134,11 @@ BUILTIN: dict[str, Task] = {
                       metric="gsm8k", hub=HubRef("openai/gsm8k", "main", "test", "train")),
     "bbh_gen": Task("bbh_gen", "gen", _bbh_text, _bbh_target, stop=("</s>", "Q:", "<|im_end|>"), max_out_len=256,
                     metric="bbh", group=_bbh_group, hub=HubRef("lukaemon/bbh", None, "test", None, BBH_CONFIGS)),
-    # lm-eval 0.4.13 hellaswag, winogrande, boolq (super_glue), commonsense_qa; 0-shot
-    "hellaswag_ppl": Task("hellaswag_ppl", "ll", _hellaswag_text, _hellaswag_target, _hellaswag_choices,
-                          process_docs=_hellaswag_docs, hub=HubRef("Rowan/hellaswag", None, "validation", "train")),
-    "winogrande_ppl": Task("winogrande_ppl", "ll", _winogrande_gold, _winogrande_continuation, _winogrande_contexts,
-                           multiple_input=True, hub=HubRef("allenai/winogrande", "winogrande_xl", "validation", "train")),
-    "boolq_ppl": Task("boolq_ppl", "ll", _boolq_text, _boolq_target, _boolq_choices,
-                      hub=HubRef("aps/super_glue", "boolq", "validation", "train")),
-    "commonsenseqa_ppl": Task("commonsenseqa_ppl", "ll", _csqa_text, _csqa_target, _csqa_choices,
-                              hub=HubRef("tau/commonsense_qa", None, "validation", "train")),
     "humaneval_gen": Task("humaneval_gen", "gen", _humaneval_text, _humaneval_target,
                           stop=("\nclass", "\ndef", "\n#", "\nif", "\nprint"), max_out_len=512, metric="humaneval",
                           needs_execution=True, hub=HubRef("openai/openai_humaneval", None, "test")),
 }
 
-# lm-eval task names for the same built-ins
-ALIASES: dict[str, str] = {"hellaswag": "hellaswag_ppl", "winogrande": "winogrande_ppl", "boolq": "boolq_ppl",
-                           "commonsense_qa": "commonsenseqa_ppl", "arc_easy": "arc_easy_ppl",
-                           "arc_challenge": "arc_challenge_ppl", "piqa": "piqa_ppl", "gsm8k": "gsm8k_gen"}
+from .suite import ALIASES, with_suite  # noqa: E402,F401  (the standard suite and the lm-eval names: evalcore/benchmarks/suite.py)
+
+BUILTIN = with_suite(BUILTIN)
