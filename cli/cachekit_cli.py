@@ -90,7 +90,8 @@ def prefetch(models, datasets, spaces, metrics, locals_, plan_file, include, exc
         from cachekit.errors import UsageError
         from cachekit.sources import local_advice
         from evalcore.benchmarks.needs import dataset_needs
-        from evalcore.plan import load_plan, plan_local_paths, plan_sources
+        from evalcore.plan import load_plan
+        from evalcore.sources import plan_local_paths, plan_sources
 
         plan = load_plan(plan_file)
         needs = dataset_needs(plan)

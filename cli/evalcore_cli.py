@@ -600,7 +600,8 @@ def needs(plan_file: Path) -> None:
     """
     from cachekit.sources import local_advice
     from evalcore.benchmarks.needs import dataset_needs, describe
-    from evalcore.plan import load_plan, plan_local_paths, plan_sources
+    from evalcore.plan import load_plan
+    from evalcore.sources import plan_local_paths, plan_sources
 
     plan = load_plan(plan_file)
     sources = plan_sources(plan)

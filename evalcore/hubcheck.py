@@ -8,7 +8,8 @@ import socket
 from urllib.parse import urlsplit
 
 from .errors import EXIT_OFFLINE, EvalcoreError
-from .plan import Plan, plan_sources
+from .plan import Plan
+from .sources import plan_sources
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CONNECT_TIMEOUT_S = 5.0

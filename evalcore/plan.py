@@ -421,7 +421,7 @@ def validate(plan: Plan) -> Plan:
     if plan.run.runner not in ("local", "slurm"):
         raise PlanError(f"unknown runner {plan.run.runner!r} (local or slurm)")
     if plan.run.runner == "slurm" or plan.run.slurm:
-        from .runners.slurm import slurm_settings
+        from .runners.slurm_settings import slurm_settings
 
         slurm_settings(plan.run.slurm)  # unknown or bad keys fail here, before a run folder exists
     return plan
@@ -435,33 +435,6 @@ def default_workers(plan: Plan, n_devices: int) -> int:
         return 1
     need = min((m.num_gpus for m in plan.models if m.num_gpus > 0), default=1)
     return max(1, n_devices * plan.run.max_workers_per_gpu // need)
-
-
-def plan_sources(plan: Plan, include=(), exclude=(), trust_remote_code=False) -> list:
-    """The cachekit sources a plan needs from the hub (local folders and files are skipped)."""
-    from cachekit.sources import Source
-
-    out = []
-    for m in plan.models:
-        if m.backend == "scripted":  # a stand-in model: nothing to fetch
-            continue
-        for path, rev in ((m.path, m.revision), (m.tokenizer_path, m.tokenizer_revision or m.revision)):
-            if path and not is_local(path):
-                out.append(Source("model", path, rev or "main", None, tuple(include), tuple(exclude),
-                                  trust_remote_code or m.trust_remote_code))
-    from .benchmarks.taskfile import bind
-
-    for d in bind(plan).datasets:  # lm-eval task files name their hub datasets
-        if not is_local(d.path):
-            out.append(Source("dataset", d.path, d.revision or "main", None, (), (), False))
-    return list(dict.fromkeys(out))
-
-
-def plan_local_paths(plan: Plan) -> list[tuple[str, str]]:
-    """(kind, path) of the plan's local model folders and data files, which no prefetch fetches."""
-    out = [("model", p) for m in plan.models for p in (m.path, m.tokenizer_path) if p and is_local(p)]
-    out += [("dataset", d.path) for d in plan.datasets if is_local(d.path)]
-    return list(dict.fromkeys(out))
 
 
 def plan_to_json(plan: Plan) -> str:
@@ -514,4 +487,4 @@ def is_local(path: str) -> bool:
 
 
 __all__ = ["Plan", "ModelSpec", "DatasetSpec", "RunSettings", "load_plan", "parse_plan", "with_overrides", "plan_to_json", "plan_from_json",
-           "validate", "parse_kwargs", "plan_sources", "plan_local_paths", "replace"]
+           "validate", "parse_kwargs", "replace"]

@@ -99,12 +99,14 @@ def charts(data: Mapping, plan) -> list[dict]:
                     "svg": ch.bars(d, primary[d], models, [c["value"] if c else None for c in cells],
                                    [c["stderr"] if c else None for c in cells])})
     for d in data["datasets"]:
-        subs = sorted({r["subtask"] for r in rows if r["dataset"] == d and r["subtask"] and r["metric"] == primary[d]})
-        if subs:
-            vals = {(r["subtask"], r["model"]): r["value"] for r in rows
-                    if r["dataset"] == d and r["subtask"] and r["metric"] == primary[d]}
-            out.append({"kind": "heatmap", "title": f"{d}: {primary[d]} per subtask",
-                        "svg": ch.heatmap(f"{d} per subtask", primary[d], subs, models, vals)})
+        vals = {(r["subtask"], r["model"]): r["value"] for r in rows
+                if r["dataset"] == d and r["subtask"] and r["metric"] == primary[d]}
+        every = sorted({sub for sub, _ in vals})
+        for level, subs in (("subtask", [x for x in every if not x.startswith("category:")]),
+                            ("category", [x for x in every if x.startswith("category:")])):
+            if subs:  # MMLU: one heat map of the 57 subjects, one of the four categories
+                out.append({"kind": "heatmap", "title": f"{d}: {primary[d]} per {level}",
+                            "svg": ch.heatmap(f"{d} per {level}", primary[d], subs, models, vals)})
     tasks = data["tasks"]
     for group in fewshot_groups(plan.datasets, {a: t.fewshot for a, t in tasks.items()}):
         metric = primary[group[0]]

@@ -9,6 +9,7 @@ docs/crosscheck.md); names follow OpenCompass (`arc_easy_ppl`, `gsm8k_gen`, ...)
 from __future__ import annotations
 
 from .benchmarks.builtin import BUILTIN
+from .benchmarks.definition import FIXED_ON_BUILTIN as _FIXED_ON_BUILTIN
 from .benchmarks.definition import Task
 from .benchmarks.engine import build_context, fewshot_rows, random_shots
 from .errors import PlanError
@@ -18,12 +19,6 @@ __all__ = ["BUILTIN", "Task", "task_for", "build_context", "fewshot_rows", "rand
 
 
 # -- the task a plan's dataset runs ----------------------------------------------------------------
-
-# Keys of a plan dataset that would reshape a built-in's prompt or scoring: refused on a built-in
-# (a user defines their own dataset instead), so no value is accepted and ignored.
-_FIXED_ON_BUILTIN = ("mode", "template", "choices", "label", "label_map", "gold", "contexts", "continuation",
-                     "metric", "description", "target_delimiter", "fewshot_delimiter")
-
 
 def task_for(spec: DatasetSpec) -> Task:
     """The task a plan's dataset runs: a built-in one (with the plan's overrides), its own, or

@@ -122,7 +122,7 @@ def test_chromium_draws_table_charts_and_samples_offline(report):
         assert name in table
     assert "±" in table and "n=12" in table and 'class="num best"' in table
     assert dom.count('class="chart chart-bars"') == 4
-    assert dom.count('class="chart chart-heatmap"') == 1 and "abstract_algebra" in dom and "anatomy" in dom
+    assert dom.count('class="chart chart-heatmap"') == 2 and "category:stem" in dom and "abstract_algebra" in dom and "anatomy" in dom
     assert dom.count('class="chart chart-lines"') == 2            # few-shot settings, one family
     # the sample browser ran: cards built by its script, the counter filled in
     assert re.search(r'id="f-count"[^>]*>132 of 132 samples \(25 shown\)<', dom)
@@ -152,7 +152,7 @@ def test_report_html_needs_out_and_per_subject_rows_are_kept(report):
                               env=report["env"]).stdout)["results"]
     subjects = {(r["subtask"], r["n"]) for r in rows if r["dataset"] == "mmlu_ppl" and r["metric"] == "acc"
                 and r["model"] == "other"}
-    assert subjects == {("", 12), ("abstract_algebra", 6), ("anatomy", 6)}
+    assert subjects == {("", 12), ("abstract_algebra", 6), ("anatomy", 6), ("category:stem", 12)}  # both are STEM
 
 
 def test_html_of_a_rescored_run_and_of_failures(report, tmp_path):

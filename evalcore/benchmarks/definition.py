@@ -92,3 +92,8 @@ def _source(fn) -> str:
 
 
 SUBSET_FIELD = "__subset__"  # the config a row of a multi-config benchmark came from
+
+# Keys of a plan's dataset that would reshape a built-in's (or a task file's) prompt or scoring:
+# refused there (a plan's own dataset takes them).
+FIXED_ON_BUILTIN = ("mode", "template", "choices", "label", "label_map", "gold", "contexts", "continuation",
+                     "metric", "description", "target_delimiter", "fewshot_delimiter")

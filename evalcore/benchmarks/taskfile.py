@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 
-from .definition import Task
+from .definition import FIXED_ON_BUILTIN, Task
 from .jinja import render
 from .rows import RowError
 from .yamlfile import Function, TaskFileError, load_yaml
@@ -259,12 +259,11 @@ def task_from_spec(spec) -> Task:
     --num_fewshot, 0 included), `max_out_len` and `stop` (generation); any key that would
     reshape the prompt is refused."""
     from ..errors import PlanError
-    from ..tasks import _FIXED_ON_BUILTIN
 
     path = Path(spec.task_file)
     task = task_from_config(load_yaml(path), path, spec)
     where = f"dataset {spec.abbr} (lm-eval task file {path})"
-    for key in _FIXED_ON_BUILTIN:
+    for key in FIXED_ON_BUILTIN:
         if getattr(spec, key) is not None:
             raise PlanError(f"{where}: '{key}' cannot be changed on a task file; edit the file instead")
     kw: dict = {}
