@@ -340,6 +340,17 @@ def _stage(reader: BundleReader, m: mf.Manifest, plan: Plan, hub: Path, store: P
     return problems
 
 
+def _new_scratch(root: Path, changes: Changes) -> Path:
+    """A fresh staging folder under `root`, journalled (removed if the import fails)."""
+    scratch = root / f".cachekit-staging-{uuid.uuid4().hex[:12]}"
+    try:
+        scratch.mkdir()
+    except OSError as exc:
+        raise write_error(exc, root) from exc
+    changes.scratch(scratch)
+    return scratch
+
+
 def _build_arrow(plan: Plan, root: Path, changes: Changes) -> None:
     """Prepare each new config's Arrow cache in a scratch folder beside its target, from the
     staged (or already installed) Parquet files of the store; `_commit` moves it into place."""
@@ -348,12 +359,7 @@ def _build_arrow(plan: Plan, root: Path, changes: Changes) -> None:
         return
     changes.mkdirs(root)
     for a in todo:
-        scratch = root / f".cachekit-staging-{uuid.uuid4().hex[:12]}"
-        try:
-            scratch.mkdir()
-        except OSError as exc:
-            raise write_error(exc, root) from exc
-        changes.scratch(scratch)
+        scratch = _new_scratch(root, changes)
         files = {s.file.path: _bytes_of(plan, s) for s in plan.steps
                  if s.entry is a.entry and s.root is not None and s.link is None}
         wanted = {info["path"] for info in a.entry.splits[a.config].values()}
@@ -385,12 +391,7 @@ def _build_modules(plan: Plan, root: Path, changes: Changes) -> None:
         return
     changes.mkdirs(root)
     for step in todo:
-        scratch = root / f".cachekit-staging-{uuid.uuid4().hex[:12]}"
-        try:
-            scratch.mkdir()
-        except OSError as exc:
-            raise write_error(exc, root) from exc
-        changes.scratch(scratch)
+        scratch = _new_scratch(root, changes)
         files = {s.file.path: _bytes_of(plan, s) for s in plan.steps if s.entry is step.entry and s.link is not None}
         try:
             step.built = evaluate_modules.build(step.entry, files, scratch)

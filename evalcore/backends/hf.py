@@ -663,6 +663,18 @@ class HFBackend:
             self._pack_mode, self.packed_fallback_reason = self._probe_packing()
         return self._pack_mode != "off"
 
+    def _plain_logits(self, rows) -> torch.Tensor:
+        """The probes' reference: each pair on its own, no cache, the logits that predict its
+        continuation tokens (float32), pairs in row order."""
+        out = []
+        with torch.inference_mode():
+            for row in rows:
+                for p in row.pairs:
+                    ids = torch.tensor([list(row.ctx + p.cont[:-1])], device=self.device)
+                    full = self.model(input_ids=ids, use_cache=False).logits[0]
+                    out.append(full[len(row.ctx) - 1:].float())
+        return torch.cat(out)
+
     def _probe_packing(self) -> tuple[str, str | None]:
         """Check, on this model, that packed rows give the per-pair logits; pick the cheapest way."""
         impl = self._attn_impl()
@@ -680,14 +692,7 @@ class HFBackend:
             conts = [ctx[-1:]]
         pairs = [_Pair((0, j), ctx, c, False) for j, c in enumerate(conts)]
         rows = [_Row(ctx, tuple(pairs)), _Row(ctx[:4], (_Pair((1, 0), ctx[:4], conts[0], False),))]
-        reference = []
-        with torch.inference_mode():
-            for row in rows:
-                for p in row.pairs:
-                    ids = torch.tensor([list(row.ctx + p.cont[:-1])], device=self.device)
-                    full = self.model(input_ids=ids, use_cache=False).logits[0]
-                    reference.append(full[len(row.ctx) - 1:].float())
-        reference = torch.cat(reference)
+        reference = self._plain_logits(rows)
         tol = 1e-3 if self.model.dtype == torch.float32 else 3e-2
         reasons = []
         modes = ("hidden", "logits")
@@ -757,14 +762,7 @@ class HFBackend:
         head = head[:room - 1] if len(head) >= room else head
         rows = [_Row(head + t, tuple(_Pair((i, j), head + t, c, False) for j, c in enumerate(conts)))
                 for i, t in enumerate(tails)]
-        reference = []
-        with torch.inference_mode():
-            for row in rows:
-                for p in row.pairs:
-                    ids = torch.tensor([list(row.ctx + p.cont[:-1])], device=self.device)
-                    full = self.model(input_ids=ids, use_cache=False).logits[0]
-                    reference.append(full[len(row.ctx) - 1:].float())
-        reference = torch.cat(reference)
+        reference = self._plain_logits(rows)
         skip = len(head)
         try:
             kv = compute_prefix(self.model, head, self.device, hidden=self._pack_mode != "logits")
