@@ -182,7 +182,8 @@ def test_task_file_multiple_choice_matches_lm_eval(model):
             expected.append((lm_task, i, task, req, ref))
     assert len(built) == 4 * n
     worst, per_task = 0.0, {}
-    for (lm_task, i, task, req, ref), (lps, greedy) in zip(expected, loglikelihoods(backend, built), strict=True):
+    for (lm_task, i, task, req, ref), (lps, greedy, _n_tokens) in zip(expected, loglikelihoods(backend, built),
+                                                                       strict=True):
         for r, lp, g in zip(ref, lps, greedy, strict=True):
             worst = max(worst, abs(lp - r["loglikelihood"]))
             assert g == r["is_greedy"], f"{lm_task} doc {i}: greedy flag differs"
@@ -195,13 +196,12 @@ def test_task_file_multiple_choice_matches_lm_eval(model):
     if n < 40:
         return
     # the group aggregate, as evalcore's finalize computes it (aggregate_metric_list, weight_by_size)
-    from evalcore.driver import group_results
-    from evalcore.scoring import aggregate
+    from evalcore.scoring import aggregate, group_rows
 
     plan = _xf_plan("xf_suite")
     rows = [{"model_key": "m", "dataset_key": t, "metric": k, "value": v["value"], "n": v["n"]}
             for t, recs in per_task.items() for k, v in aggregate({"metrics": r} for r in recs).items()]
-    (group,) = group_results(plan, rows)
+    (group,) = group_rows(plan, rows)
     summary = json.loads((XC / name / "summary.json").read_text())["tasks"]["xf_suite"]
     assert group["dataset_key"] == "xf_suite" and group["metric"] == "acc" and group["n"] == 160
     assert abs(group["value"] - summary["metrics"]["acc,none"]) < 1e-12
