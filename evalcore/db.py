@@ -95,19 +95,35 @@ def connect(path: str | os.PathLike[str], *, create: bool, schema: Schema,
 
 
 def read_header(path: Path) -> tuple[int, int] | str:
-    """(application_id, user_version) from the file's header, or why it is no SQLite database."""
+    """(application_id, user_version) from the file's header, or why it is no SQLite database.
+
+    Read through SQLite (immutable: no lock, no -wal or -shm file), never with a plain open():
+    closing any descriptor of a file drops every POSIX lock this process holds on it, so a plain
+    read by a process that already has the ledger open (a worker's heartbeat thread opening its
+    own connection) would drop that connection's locks; another process could then take the
+    file for its last user, checkpoint and delete the write-ahead log that is still being written,
+    and those writes would be lost. SQLite keeps such descriptors open until its last lock goes."""
+    import stat as _stat
+
     try:
-        with open(path, "rb") as f:
-            head = f.read(100)
-    except IsADirectoryError:
-        return "is a directory"
+        st = os.stat(path)
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
-    if not head:
+    if _stat.S_ISDIR(st.st_mode):
+        return "is a directory"
+    if not os.access(path, os.R_OK):
+        return "cannot be read (Permission denied)"
+    if st.st_size == 0:
         return "is an empty file, not an SQLite database"
-    if len(head) < 100 or not head.startswith(SQLITE_MAGIC):
+    if st.st_size < 100:
         return "is not an SQLite database (corrupt, or another kind of file)"
-    return int.from_bytes(head[68:72], "big"), int.from_bytes(head[60:64], "big")
+    try:
+        with closing(sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro&immutable=1", uri=True)) as conn:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError:
+        return "is not an SQLite database (corrupt, or another kind of file)"
+    return int(app_id) & 0xFFFFFFFF, int(version) & 0xFFFFFFFF
 
 
 def _check_header(path: Path, schema: Schema) -> None:

@@ -126,3 +126,28 @@ def test_cli_refuses_another_runs_ledger(tmp_path: Path, env: dict) -> None:  # 
     second = _run(tmp_path, env, "two")
     shutil.copy(first / "ledger.db", second / "ledger.db")
     _refused(second, env, f"is the ledger of run {first.name}, not of run {second.name}")
+
+
+def test_a_second_handle_in_one_process_keeps_the_first_ones_locks(tmp_path):
+    """A worker holds two handles on its ledger (its own and its heartbeat thread's). Opening the
+    second must not drop the first one's POSIX locks (any close() of a descriptor of the file
+    would), or another process closing its connection takes itself for the last user, deletes
+    the write-ahead log, and what the first handle writes next is lost."""
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "ledger.db"
+    first = Ledger(path, create=True)
+    first.create_run("r1", str(tmp_path), "{}", [], [], now=time.time())
+    Ledger(path, create=False).close()  # the heartbeat thread's handle, opened and closed
+    other = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+             "c.execute('SELECT count(*) FROM runs').fetchone(); c.close()")
+    subprocess.run([sys.executable, "-c", other, str(path)], check=True, timeout=60)
+    assert Path(f"{path}-wal").exists()  # still this process's log: nobody else checkpointed it away
+    first.set_run_status("r1", "done", now=time.time())
+    read = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+            "print(c.execute('SELECT status FROM runs').fetchone()[0])")
+    got = subprocess.run([sys.executable, "-c", read, str(path)], capture_output=True, text=True, timeout=60, check=True)
+    first.close()
+    assert got.stdout.strip() == "done"
