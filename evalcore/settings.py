@@ -72,6 +72,9 @@ def effective_settings(model, dataset, task, *, max_out_len: int | None, limit: 
 FALLBACKS = "logs/fallbacks.jsonl"
 
 
+ANY = ("*", "*")  # fallbacks_of: a note for every model x dataset
+
+
 def record_fallback(run_dir: Path, model: str, dataset: str, kind: str, reason: str, worker: str) -> None:
     """One line per fallback a worker took (a single short append: whole lines, whoever writes)."""
     line = json.dumps({"model": model, "dataset": dataset, "kind": kind, "reason": reason, "worker": worker,
@@ -81,16 +84,23 @@ def record_fallback(run_dir: Path, model: str, dataset: str, kind: str, reason: 
 
 
 def fallbacks_of(run_dir: Path) -> dict[tuple[str, str], list[str]]:
-    """(model, dataset) -> the fallbacks taken, in words (each once)."""
+    """(model, dataset) -> the fallbacks taken, in words (each once). A record that cannot be
+    read is not dropped: it is said under ("*", "*"), which every model x dataset shows (a
+    fallback nobody can see would be the worst kind)."""
     out: dict[tuple[str, str], list[str]] = {}
+    path = Path(run_dir) / FALLBACKS
     try:
-        lines = (Path(run_dir) / FALLBACKS).read_text(encoding="utf-8").splitlines()
-    except OSError:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
         return out
-    for line in lines:
+    except (OSError, UnicodeDecodeError) as exc:
+        return {ANY: [f"fallbacks unknown: {path} cannot be read ({exc})"]}
+    for n, line in enumerate(lines, 1):
         try:
             rec = json.loads(line)
-        except ValueError:
+            rec["kind"], rec["reason"], rec["model"], rec["dataset"]  # noqa: B018 (all four are needed)
+        except (ValueError, KeyError, TypeError):
+            out.setdefault(ANY, []).append(f"fallbacks unknown: line {n} of {path} is unreadable")
             continue
         text = f"fallback: {rec['kind']} ({rec['reason']})"
         seen = out.setdefault((rec["model"], rec["dataset"]), [])
@@ -114,8 +124,8 @@ def settings_of(partitions: Iterable[Mapping], run_dir: Path | None = None) -> d
                 out[key] = spec
     if run_dir is not None:
         for key, notes in fallbacks_of(run_dir).items():
-            if key in out:
-                out[key] = {**out[key], "notes": [*out[key].get("notes", []), *notes]}
+            for k in (list(out) if key == ANY else [key] if key in out else []):
+                out[k] = {**out[k], "notes": [*out[k].get("notes", []), *notes]}
     return out
 
 

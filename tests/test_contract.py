@@ -792,3 +792,15 @@ def test_the_gpu_lease_is_released_only_after_the_model_is_freed():
     w.ledger = SimpleNamespace(close=lambda: order.append("ledger closed"))
     w._shutdown()
     assert order == ["model freed", "lease released", "ledger closed"] and w.hb.stop.is_set()
+
+
+def test_an_unreadable_fallback_record_is_shown_not_dropped(tmp_path):
+    from evalcore.settings import FALLBACKS, fallbacks_of, record_fallback
+
+    (tmp_path / FALLBACKS).parent.mkdir(parents=True)  # the run folder's logs/, as a run makes it
+    record_fallback(tmp_path, "m", "d", "shared-context scoring off", "probe", "w1")
+    with open(tmp_path / FALLBACKS, "a", encoding="utf-8") as f:
+        f.write('{"model": "m", "dat')  # a worker killed mid-append
+    got = fallbacks_of(tmp_path)
+    assert got[("m", "d")] == ["fallback: shared-context scoring off (probe)"]
+    assert got[("*", "*")] == [f"fallbacks unknown: line 2 of {tmp_path / FALLBACKS} is unreadable"]
