@@ -76,9 +76,21 @@ def _wait_for(flag: str) -> None:
         time.sleep(0.001)
 
 
-def _started_loop(path: str, run_id: str, n: int, go: str) -> list[str]:
+def _hold_one_then_loop(path: str, run_id: str, n: int, go: str, holders: int) -> list[str]:
+    """Claim one partition and keep it until `holders` processes each hold one (a condition,
+    not a timing: every process really claims while the others hold theirs), then go on."""
     _wait_for(go)
-    return claim_complete_loop(path, run_id, n)
+    ledger = Ledger(path, create=False)
+    c = ledger.claim(run_id, f"w-{os.getpid()}", now=time.time(), lease_s=300.0, pid=os.getpid(), host=HOST)
+    assert c is not None
+    Path(f"{go}.held.{os.getpid()}").touch()
+    deadline = time.monotonic() + 300
+    while len(list(Path(go).parent.glob(f"{Path(go).name}.held.*"))) < holders:
+        assert time.monotonic() < deadline, "the other processes never claimed"
+        time.sleep(0.005)
+    assert ledger.complete(run_id, c.partition_id, c.token, now=time.time())
+    ledger.close()
+    return [c.partition_id] + claim_complete_loop(path, run_id, n)
 
 
 def _sample_worker(path: str, go: str, lease_s: float, work_s: tuple[float, float], seed: int) -> list[tuple]:
@@ -105,13 +117,15 @@ def _sample_worker(path: str, go: str, lease_s: float, work_s: tuple[float, floa
     return log
 
 
-def _run_spawned(fn, arglists: list[tuple], go: Path, timeout: float = 60.0) -> list:
-    """Run fn(*args) for each arglist in its own spawned process, all released at once."""
+def _run_spawned(fn, arglists: list[tuple], go: Path, timeout: float = 600.0) -> list:
+    """Run fn(*args) for each arglist in its own spawned process, all released at once (once
+    every process says it is ready; the timeout is generous, for a loaded machine)."""
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(len(arglists)) as pool:
         pending = [pool.apply_async(fn, args) for args in arglists]
         deadline = time.monotonic() + timeout
-        while len(list(go.parent.glob(f"{go.name}.ready.*"))) < len(arglists) and time.monotonic() < deadline:
+        while len(list(go.parent.glob(f"{go.name}.ready.*"))) < len(arglists):
+            assert time.monotonic() < deadline, "the spawned processes never became ready"
             time.sleep(0.005)
         go.touch()
         return [p.get(timeout=timeout) for p in pending]
@@ -505,10 +519,11 @@ def test_migrations_upgrade_an_old_file_in_one_transaction(tmp_path):
 def test_eight_processes_claim_every_partition_exactly_once(tmp_path):
     path = tmp_path / "ledger.db"
     new_ledger(path, parts(200, models=("a", "b", "c"))).close()
-    results = _run_spawned(_started_loop, [(str(path), RUN, 10_000, str(tmp_path / "go"))] * 8, tmp_path / "go")
+    go = tmp_path / "go"
+    results = _run_spawned(_hold_one_then_loop, [(str(path), RUN, 10_000, str(go), 8)] * 8, go)
     completed = [pid for r in results for pid in r]
     assert len(completed) == 200 and len(set(completed)) == 200
-    assert sum(1 for r in results if r) >= 2                          # really concurrent
+    assert all(results)                                   # all eight held a claim at once
     ledger = Ledger(path, create=False)
     assert {p["status"] for p in ledger.partitions(RUN)} == {"done"}
     assert {p["attempts"] for p in ledger.partitions(RUN)} == {1}

@@ -152,7 +152,7 @@ def test_network_cut_then_rerun_continues(hub_server, homes, tmp_path):
 def test_killed_prefetch_rerun_continues(hub_server, homes, tmp_path):
     files = {f"f{i}.json": json.dumps({"i": i, "pad": "x" * 20_000}).encode() for i in range(6)}
     hub_server.commit("testorg/slow", files)
-    hub_server.throttle(60_000)
+    hub_server.throttle(30_000)                  # 0.7 s a file: seconds of slack before the kill lands
     out = tmp_path / "b"
     cmd = [sys.executable, "-m", "cli.cachekit_cli", "prefetch", "--model", "testorg/slow", "--out", str(out)]
     p = subprocess.Popen(cmd, env=homes, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
