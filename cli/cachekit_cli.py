@@ -89,9 +89,9 @@ def prefetch(models, datasets, spaces, metrics, locals_, plan_file, include, exc
     if plan_file:
         from cachekit.errors import UsageError
         from cachekit.sources import local_advice
-        from evalcore.benchmarks.needs import dataset_needs
-        from evalcore.plan import load_plan
-        from evalcore.sources import plan_local_paths, plan_sources
+        from evalcore.plan.needs import dataset_needs
+        from evalcore.plan.sources import plan_local_paths, plan_sources
+        from evalcore.plan.spec import load_plan
 
         plan = load_plan(plan_file)
         needs = dataset_needs(plan)
@@ -114,7 +114,7 @@ def prefetch(models, datasets, spaces, metrics, locals_, plan_file, include, exc
 def _check_needs(manifest, needs, out: Path) -> None:
     """Every config and split the plan's datasets read is in the bundle (BBH: all 27 configs)."""
     from cachekit.errors import NotFoundError
-    from evalcore.benchmarks.needs import missing_in
+    from evalcore.plan.needs import missing_in
 
     missing = missing_in(manifest, needs)
     if missing:

@@ -81,8 +81,8 @@ def eval_(plan_file, **flags) -> None:
                     --datasets arc_easy_ppl siqa_gen --batch-size 8 --no-batch-padding
       evalcore eval --hf-path ./my-checkpoint --include-path my_tasks/ --tasks hellaswag winogrande
     """
-    from evalcore import driver
-    from evalcore.runlock import DriverLock
+    from evalcore.engine.runlock import DriverLock
+    from evalcore.runners import driver
 
     plan = _plan_from(plan_file, flags)
     ctx = driver.start(plan, sys.argv, log=lambda s: click.echo(s, err=True))
@@ -92,7 +92,7 @@ def eval_(plan_file, **flags) -> None:
 
 
 def _plan_from(plan_file, flags):
-    from evalcore.plan import Plan, load_plan, parse_kwargs, parse_plan, with_overrides
+    from evalcore.plan.spec import Plan, load_plan, parse_kwargs, parse_plan, with_overrides
 
     plan = load_plan(plan_file) if plan_file else parse_plan({})
     model = None
@@ -137,7 +137,7 @@ def _max_out_len_on_generation_sets(plan, n: int):
     from evalcore.benchmarks.registry import builtin
     from evalcore.benchmarks.taskfile import bind
     from evalcore.benchmarks.yamlfile import load_yaml
-    from evalcore.plan import Plan, replace
+    from evalcore.plan.spec import Plan, replace
 
     def generates(d) -> bool:
         if d.task == "custom":
@@ -161,8 +161,9 @@ def _int(value: str, flag: str) -> int:
 
 
 def _execute_and_report(ctx) -> None:
-    from evalcore import driver, report
-    from evalcore.ledger import Ledger
+    from evalcore.engine.ledger import Ledger
+    from evalcore.report import tables as report
+    from evalcore.runners import driver
 
     bar = _ProgressBar()
     try:
@@ -195,12 +196,12 @@ def _execute_and_report(ctx) -> None:
 
 
 class _ProgressBar:
-    """A bar on a terminal; otherwise plain lines (evalcore/progress.py) on stderr."""
+    """A bar on a terminal; otherwise plain lines (evalcore/engine/progress.py) on stderr."""
 
     def __init__(self) -> None:
         import time
 
-        from evalcore.progress import ProgressLines
+        from evalcore.engine.progress import ProgressLines
 
         self.bar = None
         self.lines = None if sys.stderr.isatty() else ProgressLines(time.time())
@@ -227,8 +228,8 @@ class _ProgressBar:
 
 
 def _summary(ctx, ledger, fmt: str) -> str:
-    from evalcore import report
-    from evalcore.security import report_notes
+    from evalcore.engine.security import report_notes
+    from evalcore.report import tables as report
 
     tasks = ctx.tasks()
     rows = report.summary_rows(ledger.results(ctx.run_id), ledger.partitions(ctx.run_id),
@@ -244,7 +245,7 @@ def _summary(ctx, ledger, fmt: str) -> str:
 
 def _echo_paths(ctx, ledger, fmt: str) -> None:
     """The backend paths taken and every fallback; on stderr where stdout is csv/json."""
-    from evalcore import report
+    from evalcore.report import tables as report
 
     lines = report.backend_path_lines(ledger.backend_paths(ctx.run_id))
     if lines:
@@ -273,9 +274,9 @@ def resume(run: str | None, work_dir: str, runner: str | None) -> None:
     """
     import time
 
-    from evalcore import driver
-    from evalcore.ledger import Ledger
-    from evalcore.runlock import DriverLock
+    from evalcore.engine.ledger import Ledger
+    from evalcore.engine.runlock import DriverLock
+    from evalcore.runners import driver
 
     run_dir = driver.find_run(run, work_dir)
     with DriverLock(run_dir):  # a second driver of this run is refused (exit 5) before anything is rewritten
@@ -305,9 +306,10 @@ def status(run: str | None, work_dir: str, show_errors: bool) -> None:
       evalcore status                 # the newest run under ./outputs
       evalcore status 20261128-101500-ab12 --errors
     """
-    from evalcore import driver, report
-    from evalcore.ledger import Ledger
-    from evalcore.runstate import error_details, run_state, unscored
+    from evalcore.engine.ledger import Ledger
+    from evalcore.engine.runstate import error_details, run_state, unscored
+    from evalcore.report import tables as report
+    from evalcore.runners import driver
 
     run_dir = driver.find_run(run, work_dir)
     run_id = _run_id(run_dir)
@@ -365,11 +367,12 @@ def report(run: str | None, fmt: str, out_file: Path | None, samples_file: Path 
       evalcore report 20261128-101500-ab12 --samples predictions.jsonl
       evalcore report 20261128-101500-ab12 --format html --out report.html
     """
-    from evalcore import driver, report_data
-    from evalcore import report as rep
+    from evalcore.engine.ledger import Ledger
+    from evalcore.engine.runctx import RunContext
     from evalcore.errors import ReportError
-    from evalcore.ledger import Ledger
-    from evalcore.runctx import RunContext
+    from evalcore.report import data as report_data
+    from evalcore.report import tables as rep
+    from evalcore.runners import driver
 
     if fmt == "html" and out_file is None:
         raise ReportError("--format html needs --out FILE (the page is one self-contained file)")
@@ -378,11 +381,11 @@ def report(run: str | None, fmt: str, out_file: Path | None, samples_file: Path 
     with Ledger.for_reading(ctx.ledger_path, run_id=ctx.run_id) as ledger:
         data = report_data.gather(ctx, ledger)
         if fmt == "html":
-            from evalcore import report_html
+            from evalcore.report import html as report_html
 
             text = report_html.render_report(ctx, ledger, data)
         elif fmt in ("json", "csv"):
-            from evalcore.security import report_notes
+            from evalcore.engine.security import report_notes
 
             text = report_data.render_machine(data, fmt)
             for note in report_notes(ctx.security):  # machine formats stay parseable: notes on stderr
@@ -448,10 +451,10 @@ def rescore(run: str, metric_names: tuple[str, ...], filter_name: str | None, da
     """
     import time
 
-    from evalcore import driver
-    from evalcore.ledger import Ledger
-    from evalcore.rescore import rescore_run
-    from evalcore.runctx import RunContext
+    from evalcore.engine.ledger import Ledger
+    from evalcore.engine.rescore import rescore_run
+    from evalcore.engine.runctx import RunContext
+    from evalcore.runners import driver
 
     ctx = RunContext.load(driver.find_run(run, work_dir))
     with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
@@ -482,10 +485,10 @@ def compare(run_a: str, run_b: str, fmt: str, out_file: Path | None, alpha: floa
       evalcore compare outputs/20261128-101500-ab12 outputs/20261129-090000-cd34
       evalcore compare RUN_A RUN_B --format html --out compare.html
     """
-    from evalcore import compare as cmp
-    from evalcore import driver
-    from evalcore.ledger import Ledger
-    from evalcore.runctx import RunContext
+    from evalcore.engine.ledger import Ledger
+    from evalcore.engine.runctx import RunContext
+    from evalcore.report import compare as cmp
+    from evalcore.runners import driver
 
     _check_out(out_file)
     ctx_a = RunContext.load(driver.find_run(run_a, work_dir))
@@ -516,10 +519,10 @@ def export_(run: str, db_file: Path, work_dir: str) -> None:
       evalcore export outputs/20261128-101500-ab12 --db results.db
       sqlite3 results.db "SELECT model, dataset, metric, value FROM results WHERE subtask = ''"
     """
-    from evalcore import driver
-    from evalcore.export_db import export_run
-    from evalcore.ledger import Ledger
-    from evalcore.runctx import RunContext
+    from evalcore.engine.ledger import Ledger
+    from evalcore.engine.runctx import RunContext
+    from evalcore.report.export_db import export_run
+    from evalcore.runners import driver
 
     ctx = RunContext.load(driver.find_run(run, work_dir))
     with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
@@ -539,7 +542,7 @@ def _with_settings(text: str, fmt: str, partitions, run_dir) -> str:
     per row, model -> settings; md: a Settings section)."""
     import json
 
-    from evalcore.settings import settings_markdown, settings_of
+    from evalcore.engine.settings import settings_markdown, settings_of
 
     settings = settings_of(partitions, run_dir)
     if fmt == "md":
@@ -572,8 +575,8 @@ def gpus() -> None:
     import os
     import time
 
-    from evalcore.gpus import discover_gpus
-    from evalcore.leases import GpuLeases, default_path
+    from evalcore.engine.gpus import discover_gpus
+    from evalcore.engine.leases import GpuLeases, default_path
 
     devices = discover_gpus(os.environ)
     path = default_path(os.environ)
@@ -599,9 +602,9 @@ def needs(plan_file: Path) -> None:
       evalcore needs eval.toml
     """
     from cachekit.sources import local_advice
-    from evalcore.benchmarks.needs import dataset_needs, describe
-    from evalcore.plan import load_plan
-    from evalcore.sources import plan_local_paths, plan_sources
+    from evalcore.plan.needs import dataset_needs, describe
+    from evalcore.plan.sources import plan_local_paths, plan_sources
+    from evalcore.plan.spec import load_plan
 
     plan = load_plan(plan_file)
     sources = plan_sources(plan)

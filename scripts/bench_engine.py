@@ -27,7 +27,7 @@ def _loop(args):
 
 
 def ledger_throughput(work: Path, procs: int, n_parts: int = 4000) -> float:
-    from evalcore.ledger import Ledger, PartitionRow
+    from evalcore.engine.ledger import Ledger, PartitionRow
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

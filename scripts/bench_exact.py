@@ -45,8 +45,8 @@ def _rows(p: Path) -> list[dict]:
 
 def requests(task: str, n: int) -> list[dict]:
     sys.path.insert(0, str(ROOT))
-    from evalcore.plan import parse_plan
-    from evalcore.tasks import build_context, fewshot_rows, task_for
+    from evalcore.plan.spec import parse_plan
+    from evalcore.plan.tasks import build_context, fewshot_rows, task_for
 
     def named(name: str):
         return task_for(parse_plan({"datasets": [{"name": name}]}).datasets[0])

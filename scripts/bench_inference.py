@@ -27,8 +27,8 @@ def requests(task: str, n: int) -> list[dict]:
     """Contexts and continuations (or prompts) built by our task definitions, which the
     crosscheck shows are lm-eval's."""
     sys.path.insert(0, str(ROOT))
-    from evalcore.plan import parse_plan
-    from evalcore.tasks import build_context, fewshot_rows, task_for
+    from evalcore.plan.spec import parse_plan
+    from evalcore.plan.tasks import build_context, fewshot_rows, task_for
 
     def rows(p: Path) -> list[dict]:
         return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]

@@ -179,11 +179,11 @@ def evalcore_rows(home: Path, n: int) -> list[dict]:
 
 def compare(reference: list[dict], rows: list[dict], model_dir: Path) -> dict:
     """Step 4: evalcore's arc_easy_ppl on `rows` against lm-eval's per-request numbers."""
-    from evalcore import metrics
     from evalcore.backends.base import LoglikRequest, ModelSettings
     from evalcore.backends.hf import HFBackend
-    from evalcore.plan import parse_plan
-    from evalcore.tasks import build_context, task_for
+    from evalcore.plan.spec import parse_plan
+    from evalcore.plan.tasks import build_context, task_for
+    from evalcore.scoring import metrics
 
     task = task_for(parse_plan({"datasets": [{"name": "arc_easy_ppl"}]}).datasets[0])
     by_doc: dict[int, list[dict]] = {}

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NETGUARD = Path(__file__).parent / "netguard"
 ARC_JSONL = ROOT / "bundles" / "demo" / "data" / "ai2_arc" / "ARC-Easy" / "validation.jsonl"
 
-from evalcore.offline import install_socket_guard  # noqa: E402
+from evalcore.isolation.offline import install_socket_guard  # noqa: E402
 
 install_socket_guard()  # in this process; subprocesses get it from tests/netguard/sitecustomize.py
 

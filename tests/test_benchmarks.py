@@ -12,8 +12,8 @@ import pytest
 
 from evalcore.benchmarks.engine import requests_for
 from evalcore.errors import PlanError
-from evalcore.plan import parse_plan
-from evalcore.tasks import task_for
+from evalcore.plan.spec import parse_plan
+from evalcore.plan.tasks import task_for
 from tests.conftest import clean_env, run_cli
 
 SCRIPTED = '\n[[models]]\nabbr = "s"\npath = "s"\nbackend = "scripted"\n'
@@ -163,8 +163,8 @@ def test_boolean_gold_needs_a_label_map_and_a_constant_gold_works():
 
 def test_bbh_resolves_every_config_of_the_real_hub_layout(tmp_path):
     """lukaemon/bbh has one config per task: bbh_gen reads all 27 (and names what is missing)."""
-    from evalcore import data
     from evalcore.benchmarks.builtin import BBH_CONFIGS
+    from evalcore.plan import data
     from tests.conftest import ROOT
 
     src = (ROOT / "tests/data/bbh/boolean_expressions/test.jsonl").read_text().splitlines()[:2]
@@ -184,7 +184,7 @@ def test_bbh_resolves_every_config_of_the_real_hub_layout(tmp_path):
                    env=env).returncode == 0
     assert run_cli("cachekit", "import", tmp_path / "c.tar", env=env).returncode == 0
     from cachekit.index import Index
-    from evalcore.plan import DatasetSpec
+    from evalcore.plan.spec import DatasetSpec
 
     ref = data.resolve(DatasetSpec("bbh_gen", "bbh_gen", "lukaemon/bbh"), configs=BBH_CONFIGS,
                        index=Index(Path(env["HF_HOME"]) / "cachekit"))
@@ -198,7 +198,7 @@ def test_new_builtins_are_one_entry_each_and_equal_the_task_file_prompts():
     requests equal those of the lm-eval-style task files on the same real rows."""
     from evalcore.benchmarks.engine import fewshot_rows, prepare_rows
     from evalcore.benchmarks.taskfile import bind
-    from evalcore.data import load_rows, resolve
+    from evalcore.plan.data import load_rows, resolve
     from tests.conftest import ROOT
 
     files = ROOT / "scripts" / "crosscheck_tasks" / "files"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from evalcore.plan import parse_plan
-from evalcore.tasks import BUILTIN, build_context, fewshot_rows, task_for
+from evalcore.plan.spec import parse_plan
+from evalcore.plan.tasks import BUILTIN, build_context, fewshot_rows, task_for
 from tests.conftest import ROOT, clean_env, run_cli
 
 DATA = ROOT / "tests" / "data"

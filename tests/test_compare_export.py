@@ -10,7 +10,7 @@ import pytest
 
 from evalcore.backends.base import GenRequest
 from evalcore.backends.scripted import ScriptedBackend
-from evalcore.compare import mcnemar_exact, paired_bootstrap, paired_test
+from evalcore.report.compare import mcnemar_exact, paired_bootstrap, paired_test
 from tests.conftest import clean_env, run_cli, tree_state
 from tests.test_engine import ARC_DATASET, run_dir_of, scripted, write_plan
 

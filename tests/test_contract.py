@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from evalcore.engine.runctx import effective_max_out_len
 from evalcore.errors import PlanError
-from evalcore.plan import parse_plan, with_overrides
-from evalcore.runctx import effective_max_out_len
-from evalcore.tasks import task_for
+from evalcore.plan.spec import parse_plan, with_overrides
+from evalcore.plan.tasks import task_for
 
 DS = [{"name": "gsm8k_gen"}]
 
@@ -141,7 +141,7 @@ def test_effective_settings_are_in_the_ledger_and_the_report(tmp_path):
 
 
 def test_library_versions_are_part_of_the_key(tmp_path):
-    from evalcore.settings import library_versions
+    from evalcore.engine.settings import library_versions
 
     v = library_versions("hf")
     assert v["torch"] and v["transformers"] and "accelerate" in v
@@ -151,7 +151,7 @@ def test_resume_after_a_library_upgrade_is_refused(tmp_path):
     import json
     import sqlite3
 
-    from evalcore.partition import key_hash
+    from evalcore.engine.partition import key_hash
     from tests.conftest import clean_env, run_cli
     from tests.test_engine import run_dir_of
 
@@ -492,8 +492,8 @@ def test_a_late_heartbeat_of_a_completed_claim_does_not_flag_the_next(monkeypatc
     import threading
     from types import SimpleNamespace
 
-    import evalcore.ledger
-    from evalcore.worker import Heartbeat
+    import evalcore.engine.ledger
+    from evalcore.engine.worker import Heartbeat
 
     calls, first_in, go_on, second_in = [], threading.Event(), threading.Event(), threading.Event()
 
@@ -513,7 +513,7 @@ def test_a_late_heartbeat_of_a_completed_claim_does_not_flag_the_next(monkeypatc
         def close(self):
             pass
 
-    monkeypatch.setattr(evalcore.ledger, "Ledger", SlowLedger)
+    monkeypatch.setattr(evalcore.engine.ledger, "Ledger", SlowLedger)
     hb = Heartbeat(Path("unused"), "run", lease_s=0.8, parent_pid=0)
     hb.track(SimpleNamespace(partition_id="A", token="ta"))
     hb.start()
@@ -529,7 +529,7 @@ def test_a_late_heartbeat_of_a_completed_claim_does_not_flag_the_next(monkeypatc
 
 
 def test_a_gpu_held_with_one_worker_per_gpu_is_not_shared_with_another_limit(tmp_path):
-    from evalcore.leases import GpuLeases
+    from evalcore.engine.leases import GpuLeases
 
     path = tmp_path / "leases.db"
     kw = {"pid": 0, "host": "h", "now": 100.0, "ttl": 60.0}
@@ -548,7 +548,7 @@ def test_a_gpu_held_with_one_worker_per_gpu_is_not_shared_with_another_limit(tmp
 def test_gpus_command_names_the_run_and_adds_no_rows(tmp_path):
     import sqlite3
 
-    from evalcore.leases import GpuLeases
+    from evalcore.engine.leases import GpuLeases
     from tests.conftest import clean_env, run_cli
 
     state = tmp_path / "state"
@@ -564,8 +564,8 @@ def test_gpus_command_names_the_run_and_adds_no_rows(tmp_path):
 # -- defaults that match OpenCompass's FAQ (item 8) ---------------------------------------------------
 
 def test_default_workers_follow_the_gpus_and_cuda_visible_devices_restricts_fake_ones():
-    from evalcore.gpus import discover_gpus
-    from evalcore.plan import default_workers
+    from evalcore.engine.gpus import discover_gpus
+    from evalcore.plan.spec import default_workers
 
     plan4 = _plan(model={"num_gpus": 4})
     assert plan4.run.max_num_workers is None
@@ -612,7 +612,7 @@ def test_no_offline_with_an_unreachable_hub_fails_at_once(tmp_path):
 # -- progress when the output is not a terminal (item 9) ---------------------------------------------
 
 def test_progress_lines_every_period_and_at_each_partition_end():
-    from evalcore.progress import ProgressLines
+    from evalcore.engine.progress import ProgressLines
 
     def rows(done, ended):
         return [{"samples_total": 100, "samples_done": done,
@@ -641,7 +641,7 @@ def test_a_run_without_a_terminal_prints_progress_lines(tmp_path):
 # -- placement: several GPUs, device_map, CPU runs (item 3) -------------------------------------------
 
 def test_placement_spreads_over_exactly_the_leased_gpus():
-    from evalcore.placement import LEASED, placement
+    from evalcore.engine.placement import LEASED, placement
 
     four = placement({}, leased_gpus=4, on_gpu=True)
     assert (four.device, four.device_map, four.max_memory) == ("cuda", "auto", LEASED)
@@ -782,7 +782,7 @@ def test_the_gpu_lease_is_released_only_after_the_model_is_freed():
     import threading
     from types import SimpleNamespace
 
-    from evalcore.worker import Worker
+    from evalcore.engine.worker import Worker
 
     order = []
     w = Worker.__new__(Worker)
@@ -795,7 +795,7 @@ def test_the_gpu_lease_is_released_only_after_the_model_is_freed():
 
 
 def test_an_unreadable_fallback_record_is_shown_not_dropped(tmp_path):
-    from evalcore.settings import FALLBACKS, fallbacks_of, record_fallback
+    from evalcore.engine.settings import FALLBACKS, fallbacks_of, record_fallback
 
     (tmp_path / FALLBACKS).parent.mkdir(parents=True)  # the run folder's logs/, as a run makes it
     record_fallback(tmp_path, "m", "d", "shared-context scoring off", "probe", "w1")

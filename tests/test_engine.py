@@ -282,14 +282,14 @@ def test_corrupt_ledger_is_refused_untouched(tmp_path, env):
 
 
 def test_offline_guard_names_host_and_port():
-    code = ("from evalcore.offline import go_offline; go_offline(); import socket\n"
+    code = ("from evalcore.isolation.offline import go_offline; go_offline(); import socket\n"
             "try:\n    socket.create_connection(('203.0.113.7', 8443), timeout=1)\n"
             "except Exception as e:\n    print(type(e).__name__, e)\n"
             "import huggingface_hub.constants as c; print('offline', c.HF_HUB_OFFLINE)")
     r = subprocess.run([sys.executable, "-c", code], env=clean_env(), cwd=ROOT, capture_output=True, text=True)
     assert "OfflineViolation offline run: refused" in r.stdout and "203.0.113.7:8443" in r.stdout
     assert "offline True" in r.stdout
-    late = ("import huggingface_hub.constants\nfrom evalcore.offline import apply_offline_env\n"
+    late = ("import huggingface_hub.constants\nfrom evalcore.isolation.offline import apply_offline_env\n"
             "try:\n    apply_offline_env()\nexcept Exception as e:\n    print(type(e).__name__, e)")
     r = subprocess.run([sys.executable, "-c", late], env=clean_env(), cwd=ROOT, capture_output=True, text=True)
     assert "OfflineViolation huggingface_hub was imported before offline mode was set" in r.stdout

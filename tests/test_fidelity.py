@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from evalcore import metrics
-from evalcore.plan import parse_plan
-from evalcore.tasks import build_context, fewshot_rows, task_for
+from evalcore.plan.spec import parse_plan
+from evalcore.plan.tasks import build_context, fewshot_rows, task_for
+from evalcore.scoring import metrics
 from tests.conftest import ROOT
 
 XC = ROOT / "tests" / "crosscheck"
@@ -149,7 +149,7 @@ def _xf_plan(*names: str):
 def _xf_datasets(*names: str):
     """The bound datasets of the xf_* task files, with their tasks, rows and few-shot pools."""
     from evalcore.benchmarks.engine import prepare_rows
-    from evalcore.data import load_rows, resolve
+    from evalcore.plan.data import load_rows, resolve
 
     plan = _xf_plan(*names)
     out = []
@@ -164,7 +164,7 @@ def _xf_datasets(*names: str):
 def test_task_file_multiple_choice_matches_lm_eval(model):
     from evalcore.benchmarks.engine import requests_for
     from evalcore.benchmarks.lmeval_scoring import score_multiple_choice
-    from evalcore.worker import loglikelihoods
+    from evalcore.engine.worker import loglikelihoods
 
     name, backend = model
     refs = reference(name, "xf_suite")
@@ -196,7 +196,7 @@ def test_task_file_multiple_choice_matches_lm_eval(model):
     if n < 40:
         return
     # the group aggregate, as evalcore's finalize computes it (aggregate_metric_list, weight_by_size)
-    from evalcore.scoring import aggregate, group_rows
+    from evalcore.benchmarks.scores import aggregate, group_rows
 
     plan = _xf_plan("xf_suite")
     rows = [{"model_key": "m", "dataset_key": t, "metric": k, "value": v["value"], "n": v["n"]}

@@ -16,9 +16,9 @@ import pytest
 
 from evalcore.benchmarks.definition import SUBSET_FIELD
 from evalcore.benchmarks.engine import fewshot_rows, prepare_rows, requests_for
-from evalcore.plan import parse_plan
-from evalcore.scoring import score_gen, score_ll, score_loglik
-from evalcore.tasks import task_for
+from evalcore.benchmarks.scores import score_gen, score_ll, score_loglik
+from evalcore.plan.spec import parse_plan
+from evalcore.plan.tasks import task_for
 from tests.conftest import ROOT
 
 XC = ROOT / "tests" / "crosscheck"
@@ -92,7 +92,7 @@ def _backend(path: Path, max_seq_len: int | None = None):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_loglikelihood_tasks_match_lm_eval(model):
-    from evalcore.worker import loglikelihoods
+    from evalcore.engine.worker import loglikelihoods
 
     name, path = model
     checked, worst, missing = 0, 0.0, []

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from evalcore.engine.gpus import discover_gpus, visible_devices_env
+from evalcore.engine.leases import GpuLeases, default_path
 from evalcore.errors import EXIT_USAGE, LeaseError
-from evalcore.gpus import discover_gpus, visible_devices_env
-from evalcore.leases import GpuLeases, default_path
 
 HOST = socket.gethostname()
 ME = os.getpid()

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from evalcore import db, leases
+from evalcore.engine import db, leases
+from evalcore.engine.ledger import SCHEMA, Ledger, PartitionRow
 from evalcore.errors import EXIT_VERIFY, LedgerError
-from evalcore.ledger import SCHEMA, Ledger, PartitionRow
 
 RUN = "run-1"
 HOST = "host-a"
@@ -299,7 +299,7 @@ def test_add_samples_is_idempotent_and_only_for_the_holder(tmp_path):
 
 
 def test_samples_are_read_in_pages(tmp_path, monkeypatch):
-    import evalcore.ledger as ledger_mod
+    import evalcore.engine.ledger as ledger_mod
 
     monkeypatch.setattr(ledger_mod, "PAGE", 3)
     ledger = new_ledger(tmp_path / "ledger.db", parts(3, per=4))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from evalcore.engine.ledger import Ledger, PartitionRow
 from evalcore.errors import LedgerError
-from evalcore.ledger import Ledger, PartitionRow
 from tests.conftest import run_cli
 from tests.test_engine import env, run_dir_of, scripted, write_plan  # noqa: F401  (env: fixture)
 

@@ -1,4 +1,4 @@
-"""evalcore.metrics against hand-computed values of lm-evaluation-harness 0.4.13's rules."""
+"""evalcore.scoring.metrics against hand-computed values of lm-evaluation-harness 0.4.13's rules."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from evalcore import metrics as m
+from evalcore.scoring import metrics as m
 
 GSM8K_TRAIN = Path(__file__).resolve().parent.parent / "scripts/crosscheck_tasks/data/gsm8k/train.jsonl.gz"
 

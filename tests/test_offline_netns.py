@@ -1,5 +1,5 @@
 """Offline by the kernel: workers of an --offline run start in a loopback-only network namespace
-(evalcore/netns.py), so even `_socket.socket`, past the Python guard, reaches no other address;
+(evalcore/isolation/netns.py), so even `_socket.socket`, past the Python guard, reaches no other address;
 `evalcore eval` says which enforcement is in force and the run records it. No traffic leaves this
 machine: the address tried is this host's own."""
 
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from evalcore import security
-from evalcore.netns import launcher, netns_problem
-from evalcore.plan import parse_plan
-from evalcore.tasks import task_for
+from evalcore.engine import security
+from evalcore.isolation.netns import launcher, netns_problem
+from evalcore.plan.spec import parse_plan
+from evalcore.plan.tasks import task_for
 from tests.conftest import ROOT, clean_env, run_cli, wait_for
 from tests.test_engine import _start_eval, env, run_dir_of, scripted, write_plan  # noqa: F401  (env: fixture)
 
@@ -111,7 +111,7 @@ def test_loopback_inside_is_up_and_its_own() -> None:
 
 
 def test_launcher_usage_and_missing_command() -> None:
-    r = subprocess.run([sys.executable, "-m", "evalcore.netns", "true"], capture_output=True, text=True, cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "evalcore.isolation.netns", "true"], capture_output=True, text=True, cwd=ROOT,
                        env=clean_env(), timeout=60)
     assert r.returncode == 2 and "usage" in r.stderr
 

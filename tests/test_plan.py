@@ -10,7 +10,7 @@ import pytest
 
 from cli.evalcore_cli import expand_nargs
 from evalcore.errors import PlanError
-from evalcore.plan import (
+from evalcore.plan.spec import (
     load_plan,
     parse_kwargs,
     parse_plan,

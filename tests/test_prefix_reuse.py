@@ -13,9 +13,9 @@ import json
 
 import pytest
 
-from evalcore import metrics
 from evalcore.backends import GenRequest, LoglikRequest, ModelSettings, load_backend
 from evalcore.backends.prefix import MIN_PREFIX, plan_prefixes, prefix_floor
+from evalcore.scoring import metrics
 from tests.conftest import ROOT
 
 torch = pytest.importorskip("torch")
@@ -151,8 +151,8 @@ def attention_ignores_cache(monkeypatch):
 
 def test_fallback_is_recorded_when_the_cache_is_ignored(tiny_model_dir, mmlu, mmlu_plain, attention_ignores_cache,
                                                         tmp_path):
-    from evalcore import report
-    from evalcore.ledger import Ledger
+    from evalcore.engine.ledger import Ledger
+    from evalcore.report import tables as report
 
     with load_backend(ModelSettings(path=str(tiny_model_dir))) as b:
         got = b.loglikelihood(mmlu[0])
@@ -209,7 +209,7 @@ def test_generation_config_with_processors_keeps_generate(tiny_model_dir):
 def test_claim_prefers_the_dataset_the_worker_ran_last(tmp_path):
     import os
 
-    from evalcore.ledger import Ledger, PartitionRow
+    from evalcore.engine.ledger import Ledger, PartitionRow
 
     rows = [PartitionRow(f"p{i}", "m", ds, "h", "{}", "{}", i * 4, i * 4 + 4, 4.0, 0, 3)
             for i, ds in enumerate(("arc", "mmlu_a", "arc", "mmlu_b", "mmlu_a"))]

@@ -181,8 +181,8 @@ def test_html_of_a_rescored_run_and_of_failures(report, tmp_path):
 
 
 def test_chart_and_table_choices_are_pure_rules():
-    from evalcore.report_data import summary_grid, version_note
-    from evalcore.report_html import families, model_family
+    from evalcore.report.data import summary_grid, version_note
+    from evalcore.report.html import families, model_family
 
     assert model_family("HuggingFaceTB/SmolLM2-135M-Instruct") == ("smollm2--instruct", 135e6)
     assert model_family("Qwen/Qwen2.5-1.5B") == ("qwen2.5-", 1.5e9)
@@ -219,7 +219,7 @@ def test_html_refusals_leave_nothing_behind(report, tmp_path):
 
 
 def test_library_versions_are_found_wherever_the_run_recorded_them():
-    from evalcore.provenance import library_versions
+    from evalcore.report.provenance import library_versions
 
     recorded = [{"settings": {"backend.versions": {"torch": "2.13.0"}}},
                 {"other": [{"identity": {"versions": {"transformers": "5.24.0"}}}]}, {"task_version": "abc"}]

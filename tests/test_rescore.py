@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from evalcore import metrics
+from evalcore.scoring import metrics
 from tests.conftest import ROOT, clean_env, run_cli
 from tests.test_engine import ARC_DATASET, run_dir_of, sample_rows, scripted, tiny, write_plan
 
@@ -110,11 +110,11 @@ def test_rescore_refuses_what_would_not_take_effect(tmp_path):
 def test_records_with_a_requests_list_read_and_rescore_the_same():
     """A sample stored as a `requests` list (one model call per choice) reads as the flat record
     and rescores to the same figures; a task without a rescorer keeps its stored scores."""
-    from evalcore.plan import DatasetSpec
-    from evalcore.report_html import sample_view
-    from evalcore.rescore import Choice, choose, default_scorer, rescore_record
-    from evalcore.samples import normalise
-    from evalcore.tasks import task_for
+    from evalcore.engine.rescore import Choice, choose, default_scorer, rescore_record
+    from evalcore.engine.samples import normalise
+    from evalcore.plan.spec import DatasetSpec
+    from evalcore.plan.tasks import task_for
+    from evalcore.report.html import sample_view
 
     task = task_for(DatasetSpec("arc", "custom", "x.jsonl", mode="ll", template="{q}", choices="c", label="a"))
     flat = {"index": 3, "prompt": "Q?", "choices": ["yes", "no way"], "continuations": [" yes", " no way"],

@@ -1,4 +1,4 @@
-"""evalcore.sandbox: HumanEval checks run in a child the OS confines ("namespaces", bubblewrap) or,
+"""evalcore.scoring.sandbox: HumanEval checks run in a child the OS confines ("namespaces", bubblewrap) or,
 only by name, under the weak guard. The escapes of issue 12 are in tests/test_sandbox_probes.py."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import evalcore.sandbox as sandbox
-from evalcore.sandbox import (
+import evalcore.scoring.sandbox as sandbox
+from evalcore.scoring.sandbox import (
     BWRAP_MISSING,
     ExecutionNotAllowedError,
     Limits,

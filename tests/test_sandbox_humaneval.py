@@ -32,7 +32,7 @@ def _schema_tables() -> set[str]:
     """The tables a fresh ledger has (whatever the schema version): all a run may hold."""
     import tempfile
 
-    from evalcore.ledger import Ledger
+    from evalcore.engine.ledger import Ledger
 
     with tempfile.TemporaryDirectory() as d:
         Ledger(Path(d) / "ledger.db", create=True).close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from evalcore.sandbox import Limits, run_program
+from evalcore.scoring.sandbox import Limits, run_program
 from tests.sandbox_probes import PROBE_NAMES, SECRET, Host, kill_leftovers, probes
 
 LIMITS = Limits(timeout_s=30.0, memory_bytes=512 << 20)  # generous: a loaded machine still finishes

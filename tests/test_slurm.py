@@ -3,7 +3,7 @@
 EVALCORE_TEST_SLURM=1). Skipped when no cluster is configured; with EVALCORE_TEST_SLURM=1 an
 unreachable cluster is a failure, not a skip.
 
-Every job here is a real `sbatch` job running `python -m evalcore.worker`, talking to the driver
+Every job here is a real `sbatch` job running `python -m evalcore.engine.worker`, talking to the driver
 through the spool. Faults: a job cancelled mid-partition, a job that can never start, the driver
 interrupted (SIGINT, SIGTERM) and killed (SIGKILL), then resumed."""
 

@@ -1,4 +1,4 @@
-"""The spool (evalcore/spool.py): the worker's ledger calls as files, answered by the driver from the
+"""The spool (evalcore/engine/spool.py): the worker's ledger calls as files, answered by the driver from the
 real SQLite ledger. No Slurm needed: clients run in threads and in spawned processes."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from evalcore.ledger import Claim, Ledger, PartitionRow
-from evalcore.spool import DriverGone, RemoteError, SpoolError, SpoolLedger, SpoolServer
+from evalcore.engine.ledger import Claim, Ledger, PartitionRow
+from evalcore.engine.spool import DriverGone, RemoteError, SpoolError, SpoolLedger, SpoolServer
 
 RUN = "run-1"
 

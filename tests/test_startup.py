@@ -20,7 +20,7 @@ print(",".join(heavy))
 
 @pytest.mark.parametrize("stmt", [
     "import cachekit, cachekit.manifest, cachekit.bundle, cachekit.install, cachekit.index, cachekit.prefetch",
-    "import evalcore, evalcore.plan, evalcore.catalog",
+    "import evalcore, evalcore.plan.spec, evalcore.benchmarks.catalog",
     "import cli.cachekit_cli, cli.evalcore_cli",
     "from click.testing import CliRunner; import cli.cachekit_cli as c; CliRunner().invoke(c.cachekit, ['--help'])",
     "from click.testing import CliRunner; import cli.cachekit_cli as c; CliRunner().invoke(c.cachekit, ['prefetch', '--help'])",

@@ -15,10 +15,10 @@ from evalcore.benchmarks import suite_scoring
 from evalcore.benchmarks.builtin import BUILTIN
 from evalcore.benchmarks.engine import fewshot_rows, prepare_rows, requests_for
 from evalcore.benchmarks.mmlu_categories import CATEGORY_OF_SUBJECT, MMLU_CATEGORIES
+from evalcore.benchmarks.scores import aggregate, result_rows, score_gen, score_ll, score_loglik
 from evalcore.benchmarks.suite import ALIASES, TRUTHFULQA_PRIMER
-from evalcore.plan import parse_plan
-from evalcore.scoring import aggregate, result_rows, score_gen, score_ll, score_loglik
-from evalcore.tasks import task_for
+from evalcore.plan.spec import parse_plan
+from evalcore.plan.tasks import task_for
 from tests.conftest import ROOT
 
 DATA = ROOT / "scripts" / "crosscheck_tasks" / "data"

@@ -13,9 +13,9 @@ import pytest
 
 from evalcore.benchmarks.engine import fewshot_rows, prepare_rows, requests_for
 from evalcore.benchmarks.taskfile import bind, index
-from evalcore.data import load_rows, resolve
-from evalcore.plan import parse_plan
-from evalcore.tasks import task_for
+from evalcore.plan.data import load_rows, resolve
+from evalcore.plan.spec import parse_plan
+from evalcore.plan.tasks import task_for
 from tests.conftest import ROOT, clean_env, run_cli
 from tests.test_benchmarks import SCRIPTED, assert_refused
 

@@ -53,7 +53,7 @@ class Task:
     fewshot_samples: tuple = ()  # fixed few-shot rows (lm-eval fewshot_config.samples)
     stop: tuple[str, ...] = ()
     max_out_len: int | None = None
-    metric: str = "acc"  # a scorer of evalcore.scoring (acc | gsm8k | bbh | letter | humaneval | exact_match | lmeval)
+    metric: str = "acc"  # a scorer of evalcore.benchmarks.scores (acc | gsm8k | bbh | letter | humaneval | exact_match | lmeval)
     group: Callable[[Row], str] | None = None  # per-group averages (MMLU subjects, BBH tasks)
     needs_execution: bool = False
     multiple_input: bool = False  # lm-eval's multiple-input form: one context per choice, one continuation

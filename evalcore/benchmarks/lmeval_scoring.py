@@ -1,13 +1,14 @@
 """Scores of lm-eval task files, per sample, as lm-eval 0.4.13 computes them
 (lm_eval/api/task.py `process_results`; filters: lm_eval/filters/; exact match:
-lm_eval/api/metrics.py via evalcore.metrics). Pure."""
+lm_eval/api/metrics.py via evalcore.scoring.metrics). Pure."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
 
-from .. import metrics
+from evalcore.scoring import metrics
+
 from .definition import Task
 from .rows import Requests
 

@@ -1,7 +1,7 @@
 """How the standard suite's entries (evalcore/benchmarks/suite.py) score a sample and aggregate,
 as lm-evaluation-harness 0.4.13 does for the same tasks; `winograd_ppl` as OpenCompass's PPL
-inferencer does. evalcore.scoring dispatches here on `Task.metric`. Pure (MBPP's code runs in
-evalcore.sandbox, only when the dataset allows it).
+inferencer does. evalcore.benchmarks.scores dispatches here on `Task.metric`. Pure (MBPP's code runs in
+evalcore.scoring.sandbox, only when the dataset allows it).
 
 Metric names:
 - `acc_only`: acc of the highest log-likelihood choice (tasks whose metric_list is acc alone).
@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from .. import metrics
+from evalcore.scoring import metrics
+
 from .mmlu_categories import CATEGORY_OF_SUBJECT
 
 CHOICE_METRICS = ("acc_only", "mc2", "ppl")
@@ -77,7 +78,7 @@ def score_generation(task, row: dict, generation: str, gold, *, allow_code_execu
         return {"filtered": {"get-answer": answer}, "pred": answer,
                 "metrics": {"exact_match,get-answer": metrics.exact_match(answer, gold)}}
     if task.metric == "mbpp":
-        from ..sandbox import run_program
+        from evalcore.scoring.sandbox import run_program
 
         result = run_program(mbpp_program(generation, gold), allow_execution=allow_code_execution)
         return {"filtered": {}, "pred": result.status, "metrics": {"pass@1": float(result.passed)},

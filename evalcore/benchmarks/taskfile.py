@@ -101,7 +101,6 @@ def _add(out: dict, entry: Entry, p: Path) -> None:
 def bind(plan):
     """The plan with every lm-eval task dataset bound to its file and data (groups expanded)."""
     from ..errors import PlanError
-    from ..plan import Plan
 
     if not any(d.task == "lmeval" for d in plan.datasets):
         return plan
@@ -123,7 +122,7 @@ def bind(plan):
             out.append(d)
             continue
         out += _expand(d, entries[d.abbr], entries, {})
-    return Plan(plan.models, tuple(out), plan.run)
+    return replace(plan, datasets=tuple(out))
 
 
 def _expand(d, entry: Entry, entries: dict, groups: dict) -> list:

@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..gpus import discover_gpus
-from ..ledger import Ledger
-from ..netns import launcher
-from ..offline import offline_env
-from ..runctx import RunContext
+from evalcore.engine.gpus import discover_gpus
+from evalcore.engine.ledger import Ledger
+from evalcore.engine.runctx import RunContext
+from evalcore.isolation.netns import launcher
+from evalcore.isolation.offline import offline_env
 
 
 @dataclass
@@ -72,7 +72,7 @@ class LocalRunner:
         wid = f"w{self.spawned}"
         log = self.ctx.log_dir / f"worker-{wid}.log"
         env = offline_env(os.environ) if self.ctx.plan.run.offline else dict(os.environ)
-        cmd = [sys.executable, "-m", "evalcore.worker", "--run-dir", str(self.ctx.run_dir), "--worker-id", wid,
+        cmd = [sys.executable, "-m", "evalcore.engine.worker", "--run-dir", str(self.ctx.run_dir), "--worker-id", wid,
                "--gpus", str(gpus), "--parent-pid", str(os.getpid())]
         if threads:
             cmd += ["--threads", str(threads)]

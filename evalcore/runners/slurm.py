@@ -1,5 +1,5 @@
 """Workers as Slurm jobs. The same partitions, ledger, leases and resume as the local runner; the
-workers run as `sbatch` jobs and reach the ledger through the spool (evalcore/spool.py), because
+workers run as `sbatch` jobs and reach the ledger through the spool (evalcore/engine/spool.py), because
 the SQLite ledger stays on the driver's local disk. See docs/slurm.md.
 
 The runner keeps at most `max_num_workers` jobs queued or running; each asks for
@@ -31,11 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evalcore.engine.ledger import Ledger
+from evalcore.engine.runctx import RunContext
+from evalcore.engine.spool import SpoolServer, channel_job
+from evalcore.isolation.offline import OFFLINE_ENV
+
 from ..errors import EvalcoreError
-from ..ledger import Ledger
-from ..offline import OFFLINE_ENV
-from ..runctx import RunContext
-from ..spool import SpoolServer, channel_job
 from .slurm_settings import SETTING_KEYS, SlurmSettings, slurm_settings  # noqa: F401  (re-exported)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds the evalcore package
@@ -238,7 +239,7 @@ class SlurmRunner:
             return path
         run = self.ctx.plan.run
         q = shlex.quote
-        worker = [sys.executable, "-m", "evalcore.worker", "--run-dir", str(self.run_dir),
+        worker = [sys.executable, "-m", "evalcore.engine.worker", "--run-dir", str(self.run_dir),
                   "--gpus", str(gpus), "--no-lease", "--spool", str(self.spool_dir),
                   "--spool-timeout", str(self.settings.spool_timeout)]
         if not run.offline:

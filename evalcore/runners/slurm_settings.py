@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from evalcore.engine.spool import DEFAULT_TIMEOUT_S
+
 from ..errors import PlanError
-from ..spool import DEFAULT_TIMEOUT_S
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Loaded by every Python subprocess the tests start (PYTHONPATH): the product's own socket guard
-(evalcore.offline), so no test can reach beyond loopback by accident."""
+(evalcore.isolation.offline), so no test can reach beyond loopback by accident."""
 
-from evalcore.offline import install_socket_guard
+from evalcore.isolation.offline import install_socket_guard
 
 install_socket_guard()
