@@ -88,7 +88,7 @@ class SlurmRunner:
         self.ctx = ctx
         self.on_progress = on_progress or (lambda rows: None)
         self.poll_s = poll_s
-        self.settings = slurm_settings(ctx.plan.run.slurm)
+        self.settings = slurm_settings(ctx.plan.run.runner_settings.get("slurm", {}))
         self.run_dir = Path(ctx.run_dir).resolve()
         self.slurm_dir = self.run_dir / "slurm"
         self.log_dir = self.run_dir / "logs"
