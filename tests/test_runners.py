@@ -71,6 +71,9 @@ def test_worker_logs_follow_their_runner(tmp_path):
     assert registry.worker_log(tmp_path, None) is None
     assert registry.runner_of_worker("slurm-9").name == "slurm"
     assert registry.runner_of_worker("w1").name == "local"
+    from evalcore.runners.slurm_jobs import Job
+
+    assert registry.runner_of_worker(Job("77", 1, "s", 0.0).worker_id).name == "slurm"  # the ids it really gives
 
 
 def _env(tmp_path):
