@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from evalcore.runners.registry import RUNNERS
+from evalcore.runners.registry import RUNNERS, names
 
 from .common import handle_errors
 
@@ -56,7 +56,7 @@ def _run_flags(fn):
         click.option("--work-dir", help="Where run folders go (default: outputs)."),
         click.option("--limit", type=int, help="Evaluate only the first N samples of each dataset."),
         click.option("--offline/--no-offline", default=None, help="Refuse the network (default: on)."),
-        click.option("--runner", type=click.Choice(list(RUNNERS)), help="Where workers run: "
+        click.option("--runner", type=click.Choice(names()), help="Where workers run: "
                      + "; ".join(f"{s.name}: {s.summary}" for s in RUNNERS.values()) + "."),
         click.option("--lease-seconds", type=float, help="A partition whose worker stops heartbeating for this long is taken over."),
         click.option("--unsafe-allow-weak-sandbox", is_flag=True, default=None,
@@ -258,7 +258,7 @@ def _echo_paths(ctx, ledger, fmt: str) -> None:
 @evalcore.command()
 @click.argument("run", required=False)
 @click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
-@click.option("--runner", type=click.Choice(list(RUNNERS)), default=None,
+@click.option("--runner", type=click.Choice(names()), default=None,
               help="Continue with this runner (default: the run's own); recorded in run.json.")
 @handle_errors
 def resume(run: str | None, work_dir: str, runner: str | None) -> None:

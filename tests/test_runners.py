@@ -31,7 +31,7 @@ def test_every_runner_loads_and_checks_its_settings():
         spec.check_settings({})  # its defaults hold
     assert registry.check_plan(_plan()).name == "local"
     assert registry.check_plan(_plan(runner="slurm")).host_gpus is False
-    assert registry.settings_of(_plan(runner="slurm", slurm={"max_retries": 0})).max_retries == 0
+    assert registry.lookup("slurm").check_settings({"max_retries": 0}).max_retries == 0
 
 
 @pytest.mark.parametrize("run, message", [
@@ -61,7 +61,7 @@ def test_runner_tables_round_trip_through_run_json():
     assert "runner_settings" not in doc["run"]
     back = plan_from_json(plan_to_json(plan))
     assert dict(back.run.runner_settings["slurm"])["partition"] == "gpu"
-    assert registry.settings_of(back).extra_args == ("--mem=8G",)
+    assert registry.lookup("slurm").check_settings(back.run.runner_settings["slurm"]).extra_args == ("--mem=8G",)
     assert plan_to_json(back) == plan_to_json(plan)
 
 

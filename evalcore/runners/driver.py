@@ -78,7 +78,8 @@ def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None]
                             "for it in the plan to allow that (sandboxed subprocess)")
     from evalcore.engine.security import decide, describe
 
-    security = decide(plan, tasks, workers_off_host=None if runner.on_host else runner.off_host_reason)  # refuses code execution without an OS sandbox (unless opted in)
+    # refuses code execution without an OS sandbox (unless opted in)
+    security = decide(plan, tasks, workers_off_host=None if runner.on_host else runner.off_host_reason)
     for line in describe(security):
         log(line)
     resolved = resolve_plan(plan, tasks)

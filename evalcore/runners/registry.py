@@ -108,12 +108,6 @@ def check_plan(plan) -> RunnerSpec:
     return spec
 
 
-def settings_of(plan) -> Any:
-    """The checked settings object of the plan's runner."""
-    spec = lookup(plan.run.runner)
-    return spec.check_settings(plan.run.runner_settings.get(spec.name, {}))
-
-
 def runner_of_worker(worker_id: str | None) -> RunnerSpec | None:
     """The runner whose workers get ids like `worker_id` (the longest prefix that fits)."""
     fits = [s for s in RUNNERS.values() if worker_id and worker_id.startswith(s.worker_prefix)]
@@ -128,5 +122,5 @@ def worker_log(run_dir: Path, worker_id: str | None) -> Path | None:
     return Path(run_dir) / "logs" / spec.log_name.format(id=worker_id)
 
 
-__all__ = ["RunnerSpec", "RUNNERS", "names", "lookup", "check_plan", "settings_of", "runner_of_worker",
+__all__ = ["RunnerSpec", "RUNNERS", "names", "lookup", "check_plan", "runner_of_worker",
            "worker_log"]
