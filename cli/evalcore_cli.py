@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from evalcore.runners.registry import RUNNERS, names
+
 from .common import handle_errors
 
 NARGS = {"--model-kwargs", "--tokenizer-kwargs", "--datasets", "--tasks"}
@@ -54,7 +56,8 @@ def _run_flags(fn):
         click.option("--work-dir", help="Where run folders go (default: outputs)."),
         click.option("--limit", type=int, help="Evaluate only the first N samples of each dataset."),
         click.option("--offline/--no-offline", default=None, help="Refuse the network (default: on)."),
-        click.option("--runner", type=click.Choice(["local", "slurm"]), help="Where workers run."),
+        click.option("--runner", type=click.Choice(names()), help="Where workers run: "
+                     + "; ".join(f"{s.name}: {s.summary}" for s in RUNNERS.values()) + "."),
         click.option("--lease-seconds", type=float, help="A partition whose worker stops heartbeating for this long is taken over."),
         click.option("--unsafe-allow-weak-sandbox", is_flag=True, default=None,
                      help="UNSAFE: where no OS sandbox (bubblewrap) works, run generated code under a Python guard that code can escape."),
@@ -255,7 +258,7 @@ def _echo_paths(ctx, ledger, fmt: str) -> None:
 @evalcore.command()
 @click.argument("run", required=False)
 @click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
-@click.option("--runner", type=click.Choice(["local", "slurm"]), default=None,
+@click.option("--runner", type=click.Choice(names()), default=None,
               help="Continue with this runner (default: the run's own); recorded in run.json.")
 @handle_errors
 def resume(run: str | None, work_dir: str, runner: str | None) -> None:
@@ -310,6 +313,7 @@ def status(run: str | None, work_dir: str, show_errors: bool) -> None:
     from evalcore.engine.runstate import error_details, run_state, unscored
     from evalcore.report import tables as report
     from evalcore.runners import driver
+    from evalcore.runners.registry import worker_log
 
     run_dir = driver.find_run(run, work_dir)
     run_id = _run_id(run_dir)
@@ -330,7 +334,7 @@ def status(run: str | None, work_dir: str, show_errors: bool) -> None:
             click.echo(f"continue with: {driver.resume_command(run_dir)}")
         failed = [p for p in parts if p["status"] == "failed"]
         if show_errors:
-            click.echo("\n" + (error_details(run_dir, failed) or "no failed partitions"))
+            click.echo("\n" + (error_details(failed, lambda w: worker_log(run_dir, w)) or "no failed partitions"))
         elif failed:
             click.echo("\nfailures:\n" + report.failure_table(failed) + f"\n(whole messages and logs: evalcore "
                        f"status {run_dir} --errors)")

@@ -7,8 +7,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import ROOT
 
 PACKAGES = ("cachekit", "evalcore", "cli")
@@ -119,8 +117,6 @@ def test_every_evalcore_module_has_a_layer():
     assert not stray, f"modules outside the layers {EVALCORE_LAYERS}: {stray}"
 
 
-@pytest.mark.xfail(strict=True, reason="plan validation still asks the Slurm runner for its settings; "
-                   "the runner registry (issue 15, item 3) removes that edge")
 def test_evalcore_layers_point_down_only():
     bad = [f"{m} imports {t}" for m, ts in _graph().items() for t in sorted(ts)
            if _evalcore_layer(m) is not None and _evalcore_layer(t) is not None

@@ -113,7 +113,7 @@ def test_server_uses_its_own_clock_and_filters_claims(tmp_path):
 def test_driver_gone_raises_clearly_and_at_once_for_every_client(tmp_path):
     spool = tmp_path / "spool"
     a = SpoolLedger(spool, "5", timeout_s=0.3)
-    b = SpoolLedger(spool, "5.hb", timeout_s=30)
+    b = a.sibling("5.hb", timeout_s=30)  # the worker's heartbeat thread
     t0 = time.monotonic()
     with pytest.raises(DriverGone, match="no answer from the driver") as err:
         a.heartbeat(RUN, "p", "t", now=0.0, lease_s=1.0)
@@ -125,6 +125,54 @@ def test_driver_gone_raises_clearly_and_at_once_for_every_client(tmp_path):
     assert time.monotonic() - t0 < 0.5
     a.close()
     b.close()  # never raises, never waits
+
+
+def test_what_a_client_knows_of_its_driver_is_its_own_and_its_siblings(tmp_path):
+    spool = tmp_path / "spool"
+    a = SpoolLedger(spool, "6", timeout_s=0.2)
+    with pytest.raises(DriverGone):
+        a.done_indices(RUN, "p")
+    other = SpoolLedger(spool, "7", timeout_s=30)  # another worker's client: no state shared through the module
+    ledger = new_ledger(tmp_path / "ledger.db", parts(1))
+    with Serving(ledger, spool):
+        assert other.done_indices(RUN, "p0000") == set()
+        with pytest.raises(DriverGone):
+            a.sibling("6.hb").done_indices(RUN, "p0000")
+    a.close()
+    other.close()
+
+
+def test_both_ledgers_implement_every_call_a_worker_makes():
+    import inspect
+
+    from evalcore.engine.worker_ledger import CALLS, WorkerLedger
+
+    assert set(CALLS) == {n for n in vars(WorkerLedger) if not n.startswith("_")}
+    for cls in (Ledger, SpoolLedger):
+        for name in CALLS:
+            want, got = inspect.signature(getattr(WorkerLedger, name)), inspect.signature(getattr(cls, name))
+            assert got == want, f"{cls.__name__}.{name}{got} is not WorkerLedger.{name}{want}"
+
+
+def test_release_hands_back_with_each_ledgers_rule(tmp_path):
+    """Locally a stopped worker's attempt is not counted; a stopped Slurm job's is (docs/slurm.md)."""
+    ledger = new_ledger(tmp_path / "ledger.db", parts(2))
+    c = claim(ledger)
+    assert ledger.release(RUN, c.partition_id, c.token, now=time.time()) is True
+    with Serving(ledger, tmp_path / "spool"):
+        client = SpoolLedger(tmp_path / "spool", "9")
+        c2 = claim(client)
+        assert client.add_samples(RUN, c2.partition_id, c2.token, [(c2.sample_start, "{}")], now=time.time())
+        assert client.release(RUN, c2.partition_id, c2.token, now=time.time()) is True
+        assert client.release(RUN, c2.partition_id, c2.token, now=time.time()) is False  # no claim any more
+        client.close()
+    assert c2.partition_id == c.partition_id  # the one handed back is claimed first again
+    outcomes = [(a["outcome"], a["error_class"]) for a in ledger.attempts(RUN, c.partition_id)]
+    assert outcomes == [("released", None), ("retry", "Interrupted")]
+    rows = {p["partition_id"]: p for p in ledger.partitions(RUN)}
+    assert rows[c.partition_id]["attempts"] == 1  # the released attempt gave its count back; the spool's did not
+    assert {p["status"] for p in rows.values()} == {"pending"}
+    assert ledger.done_indices(RUN, c2.partition_id) == {c2.sample_start}  # samples kept
 
 
 class CountingLedger:

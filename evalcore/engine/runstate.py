@@ -4,7 +4,7 @@ whole error with the log of the worker (or Slurm job) that met it. Reads only.""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from evalcore.engine.runlock import driver_alive
@@ -27,20 +27,13 @@ def unscored(partitions: Iterable[Mapping], results: Iterable[Mapping]) -> list[
     return sorted(k for k, ok in done.items() if ok and k not in scored)
 
 
-def worker_log(run_dir: Path, worker_id: str | None) -> Path | None:
-    """The log of a local worker (logs/worker-<id>.log) or a Slurm job (logs/slurm-<job>.out)."""
-    if not worker_id:
-        return None
-    name = f"slurm-{worker_id[6:]}.out" if worker_id.startswith("slurm-") else f"worker-{worker_id}.log"
-    return Path(run_dir) / "logs" / name
-
-
-def error_details(run_dir: Path, failed: Iterable[Mapping]) -> str:
+def error_details(failed: Iterable[Mapping], worker_log: Callable[[str | None], Path | None]) -> str:
     """Every failed partition: whole id, tries, error class and whole message, traceback tail,
-    and the worker's log (a Slurm job's message already carries its log's last lines)."""
+    and the worker's log, found by `worker_log(worker id)` (each runner names its workers' logs:
+    evalcore.runners.registry.worker_log; a Slurm job's message already carries its log's last lines)."""
     blocks = []
     for p in failed:
-        log = worker_log(run_dir, p.get("claimed_by"))
+        log = worker_log(p.get("claimed_by"))
         lines = [f"partition {p['partition_id']}  ({p['status']}, {p['attempts']} tries, worker "
                  f"{p.get('claimed_by') or '-'})",
                  f"  {p.get('error_class') or '-'}: " + (p.get("error_message") or "").replace("\n", "\n  ")]
@@ -53,4 +46,4 @@ def error_details(run_dir: Path, failed: Iterable[Mapping]) -> str:
     return "\n\n".join(blocks)
 
 
-__all__ = ["run_state", "unscored", "worker_log", "error_details"]
+__all__ = ["run_state", "unscored", "error_details"]

@@ -18,10 +18,12 @@ from evalcore.errors import PlanError
 Problem = Callable[[], "str | None"]
 
 
-def decide(plan, tasks: Mapping, *, sandbox_problem: Problem | None = None,
+def decide(plan, tasks: Mapping, *, workers_off_host: str | None = None, sandbox_problem: Problem | None = None,
            netns_problem: Problem | None = None) -> dict[str, str]:
-    """The run's security settings. `tasks`: abbr -> Task. The checks are injectable for tests;
-    by default they run the real probes (each starts one small process)."""
+    """The run's security settings. `tasks`: abbr -> Task. `workers_off_host`: None when the
+    runner starts its workers on this host (a network namespace applies), else why it does not
+    (its runner spec says: evalcore.runners.registry). The checks are injectable for tests; by
+    default they run the real probes (each starts one small process)."""
     from evalcore.scoring.sandbox import SandboxUnavailable
 
     if sandbox_problem is None:
@@ -46,9 +48,9 @@ def decide(plan, tasks: Mapping, *, sandbox_problem: Problem | None = None,
                                      f"not available on this host: {problem}")
     if not plan.run.offline:
         out["offline"] = "off"
-    elif plan.run.runner != "local":
+    elif workers_off_host is not None:
         out["offline"] = "guard"
-        out["offline_reason"] = "Slurm workers start on the cluster's nodes, under the Python socket guard"
+        out["offline_reason"] = workers_off_host
     else:
         problem = netns_problem()
         out["offline"] = "netns" if problem is None else "guard"

@@ -31,14 +31,15 @@ def library_versions(backend: str) -> dict[str, str | None]:
 
 
 def effective_settings(model, dataset, task, *, max_out_len: int | None, limit: int | None,
-                       n_devices: int, runner: str, workers_per_gpu: int = 1) -> dict:
+                       n_devices: int, host_gpus: bool, workers_per_gpu: int = 1) -> dict:
     """One model x dataset's settings as they run. `notes` lists every setting the host or the
-    task does not use, in words (nothing is ignored silently)."""
+    task does not use, in words (nothing is ignored silently). `n_devices`: the GPUs this host
+    sees; `host_gpus`: whether the run's workers get them (false: the runner's nodes decide)."""
     gen = task.mode == "gen"
     notes = []
     if model.chat_template and not gen:
         notes.append("chat_template is not used for a log-likelihood dataset (choices are scored on the raw prompt)")
-    on_cpu = n_devices == 0 and runner == "local"
+    on_cpu = n_devices == 0 and host_gpus
     if on_cpu and model.backend == "hf":
         ignored = [f"num_gpus={model.num_gpus}"] if model.num_gpus else []
         ignored += [f"{k}={model.model_kwargs[k]!r}" for k in GPU_ONLY_KWARGS if k in model.model_kwargs]

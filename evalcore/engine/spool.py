@@ -4,8 +4,9 @@ Why: the ledger is one SQLite file in WAL mode. SQLite's locking (and WAL's shar
 work reliably on network filesystems, and compute nodes usually see the run folder only through
 one (NFS, Lustre, GPFS). So the ledger stays on the driver's local disk and only the driver opens
 it; a job on a compute node talks to the driver through small JSON files in the shared run folder.
-`SpoolLedger` is the job's side: it has exactly the part of the `Ledger` API a worker uses, with
-the same signatures and return values. `SpoolServer` is the driver's side: it runs each request
+`SpoolLedger` is the job's side: it implements the ledger calls a worker makes
+(`WorkerLedger`, evalcore/engine/worker_ledger.py), with the same signatures and return values as
+`Ledger`. `SpoolServer` is the driver's side: it runs each request
 on the real `Ledger` and answers.
 
 Layout (one *channel* per client; a worker uses two: `<job>` and `<job>.hb` for its heartbeat)::
@@ -21,7 +22,8 @@ Protocol. A channel has at most one request in flight:
 - client, call `seq`: write `req/<seq>`; delete `resp/<seq-1>` (only now: see below); poll for
   `resp/<seq>` (2 ms, doubling to 50 ms); read it; return its result or raise its error. If no
   answer comes for `timeout_s` the driver is taken to be gone: `DriverGone` is raised, and every
-  later call of any client of that spool in this process raises it at once.
+  later call of that client and of its siblings (`sibling()`: the other channels of the same
+  worker, its heartbeat's) raises it at once.
 - client, `close()`: write a last request, `close`, and return without waiting.
 - server, `poll_once()`: for every channel, for every request in sequence order: skip it if its
   answer already exists, or if a later request exists (the client sends `seq+1` only after reading
@@ -62,11 +64,6 @@ METHODS = ("claim", "heartbeat", "add_samples", "done_indices", "complete", "fai
 _CHANNEL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _SEQ_FILE = re.compile(r"^(\d+)\.json$")
 _POLL_MIN_S, _POLL_MAX_S = 0.002, 0.05
-
-# Spool folders whose driver has been found gone by a client of this process: later calls of
-# every client of that spool fail at once (a worker's main thread and its heartbeat thread).
-_gone: dict[str, str] = {}
-
 
 class SpoolError(EvalcoreError):
     """The spool cannot be used (bad channel name, unreadable answer)."""
@@ -117,6 +114,14 @@ def _name(seq: int) -> str:
     return f"{seq:08d}.json"
 
 
+class _Driver:
+    """What a client and its siblings know of their driver: `gone` says why, once one of them
+    waited for an answer in vain (then the others do not wait again)."""
+
+    def __init__(self) -> None:
+        self.gone: str | None = None
+
+
 def _unlink(path: Path) -> None:
     try:
         path.unlink()
@@ -126,10 +131,12 @@ def _unlink(path: Path) -> None:
 
 class SpoolLedger:
     """A job's handle on the driver's ledger: the worker's subset of `Ledger`, over the spool.
-    One instance per thread (each is one channel with one request in flight)."""
+    One instance per thread (each is one channel with one request in flight): a second thread of
+    the same worker gets its own channel with `sibling()`."""
 
     def __init__(self, spool_dir: str | os.PathLike[str], job_key: str, *,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 timeout_s: float = DEFAULT_TIMEOUT_S, _driver: _Driver | None = None) -> None:
+        self._driver = _driver or _Driver()
         self.spool = Path(spool_dir)
         self.channel = _check_channel(job_key)
         self.timeout_s = float(timeout_s)
@@ -142,6 +149,13 @@ class SpoolLedger:
         self.closed = False
         self.calls = 0
         self.wait_s = 0.0  # total time spent waiting for answers
+
+    def sibling(self, channel: str, *, timeout_s: float | None = None) -> SpoolLedger:
+        """A client on another channel of the same spool (a worker's heartbeat thread: `<job>.hb`)
+        that shares what this one knows of the driver: once either finds it gone, the other's
+        calls raise `DriverGone` at once instead of waiting again."""
+        return SpoolLedger(self.spool, channel, timeout_s=self.timeout_s if timeout_s is None else timeout_s,
+                           _driver=self._driver)
 
     # -- the worker's subset of the Ledger API ---------------------------------------------
     def claim(self, run_id: str, worker_id: str, *, now: float, lease_s: float, pid: int, host: str,
@@ -173,6 +187,16 @@ class SpoolLedger:
                                {"now": now, "error_class": error_class, "message": message,
                                 "traceback_tail": traceback_tail, "retry": retry}))
 
+    def release(self, run_id: str, partition_id: str, token: str, *, now: float) -> bool:
+        """Hand the partition back because the worker is stopping. Through the spool this counts
+        as an attempt: it is recorded as a retried failure, error class `Interrupted` (back to
+        pending while attempts are left, samples kept), because a Slurm job is stopped by scancel,
+        its time limit or preemption, and a partition whose jobs keep being stopped must not be
+        retried forever (docs/slurm.md). `Ledger.release` does not count it: there the driver
+        stops its own workers."""
+        return self.fail(run_id, partition_id, token, now=now, error_class="Interrupted",
+                         message="the worker was stopped; handed back", traceback_tail="", retry=True)
+
     def record_load(self, run_id: str, worker_id: str, model_key: str, *, started_at: float,
                     seconds: float) -> None:
         self._call("record_load", [run_id, worker_id, model_key], {"started_at": started_at, "seconds": seconds})
@@ -202,9 +226,8 @@ class SpoolLedger:
     def _call(self, method: str, args: list, kwargs: dict) -> Any:
         if self.closed:
             raise SpoolError(f"spool channel {self.channel} is closed")
-        key = str(self.spool)
-        if key in _gone:
-            raise DriverGone(_gone[key])
+        if self._driver.gone is not None:
+            raise DriverGone(self._driver.gone)
         self.seq += 1
         seq = self.seq
         sent = time.time()
@@ -228,7 +251,7 @@ class SpoolLedger:
             if waited > self.timeout_s:
                 msg = (f"no answer from the driver for {waited:.0f} s (spool {self.spool}, channel "
                        f"{self.channel}, call {method} #{seq}): the driver is gone")
-                _gone[key] = msg
+                self._driver.gone = msg
                 raise DriverGone(msg)
             time.sleep(pause)
             pause = min(_POLL_MAX_S, pause * 2)

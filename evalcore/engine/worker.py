@@ -22,7 +22,12 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from evalcore.engine.worker_ledger import WorkerLedger
 
 FAULTS_ENV = "EVALCORE_FAULTS"  # test hook: "raise@<partition prefix>", "slow@<partition prefix>" (0.3 s a chunk)
 
@@ -38,9 +43,11 @@ class Stop(Exception):
 class Heartbeat(threading.Thread):
     """Renews the current claim and the GPU lease; notices a lost claim or a dead driver."""
 
-    def __init__(self, ledger_path: Path, run_id: str, lease_s: float, parent_pid: int, leases=None) -> None:
+    def __init__(self, ledger_path: Path, run_id: str, lease_s: float, parent_pid: int, leases=None,
+                 connect: Callable[[], WorkerLedger] | None = None) -> None:
         super().__init__(daemon=True)
         self.ledger_path, self.run_id, self.lease_s, self.parent_pid = ledger_path, run_id, lease_s, parent_pid
+        self.connect = connect  # this thread's own ledger handle (default: the ledger file)
         self.leases, self.gpu_lease = leases, None
         self.claim = None
         self.lost = threading.Event()
@@ -54,11 +61,12 @@ class Heartbeat(threading.Thread):
             self.lost.clear()
 
     def run(self) -> None:
-        from evalcore.engine.ledger import Ledger
-        from evalcore.engine.spool import SpoolLedger
+        if self.connect is None:
+            from evalcore.engine.ledger import Ledger
 
-        spool = getattr(self, "spool", None)  # (spool dir, channel, timeout) under Slurm: set by Worker
-        ledger = SpoolLedger(spool[0], spool[1], timeout_s=spool[2]) if spool else Ledger(self.ledger_path, create=False)
+            ledger: WorkerLedger = Ledger(self.ledger_path, create=False)
+        else:
+            ledger = self.connect()
         interval = max(0.2, self.lease_s / 4)
         while not self.stop.wait(interval):
             if self.parent_pid and os.getppid() != self.parent_pid:
@@ -96,8 +104,8 @@ class Worker:
         self.run_id = self.ctx.run_id
         self.worker_id, self.n_gpus, self.threads = worker_id, gpus, threads
         # Under Slurm the ledger stays with the driver; calls go through the spool (evalcore/engine/spool.py).
-        self.ledger = (SpoolLedger(spool, job_key, timeout_s=spool_timeout) if spool
-                       else Ledger(self.ctx.ledger_path, create=False, run_id=self.run_id))
+        self.ledger: WorkerLedger = (SpoolLedger(spool, job_key, timeout_s=spool_timeout) if spool
+                                     else Ledger(self.ctx.ledger_path, create=False, run_id=self.run_id))
         self.plan = self.ctx.plan
         self.lease_s = self.plan.run.lease_seconds
         self.tasks = self.ctx.tasks()
@@ -105,8 +113,9 @@ class Worker:
         self.datasets = {d.abbr: d for d in self.plan.datasets}
         self.host = socket.gethostname()
         self.leases = None
-        self.hb = Heartbeat(self.ctx.ledger_path, self.run_id, self.lease_s, parent_pid)
-        self.hb.spool = (spool, f"{job_key}.hb", spool_timeout) if spool else None  # its own channel
+        # the heartbeat thread's own channel, which learns at once when the main one found the driver gone
+        connect = (lambda: self.ledger.sibling(f"{job_key}.hb")) if spool else None
+        self.hb = Heartbeat(self.ctx.ledger_path, self.run_id, self.lease_s, parent_pid, connect=connect)
         if no_lease:  # the scheduler already gave this job its GPUs (CUDA_VISIBLE_DEVICES): no lease table
             self._lease_gpus = lambda: None
         self.backend = None
@@ -194,13 +203,8 @@ class Worker:
             print(f"[{self.worker_id}] done {claim.partition_id} in {time.time() - t0:.1f} s", flush=True)
         except ClaimLost:
             print(f"[{self.worker_id}] lost the claim on {claim.partition_id} (lease expired); moving on", flush=True)
-        except Stop:  # handed back without using up an attempt
-            if hasattr(self.ledger, "release"):
-                self.ledger.release(self.run_id, claim.partition_id, claim.token, now=time.time())
-            else:
-                self.ledger.fail(self.run_id, claim.partition_id, claim.token, now=time.time(),
-                                 error_class="Interrupted", message="the worker was stopped; handed back",
-                                 traceback_tail="", retry=True)
+        except Stop:  # handed back (whether the attempt counts is the ledger's rule: WorkerLedger.release)
+            self.ledger.release(self.run_id, claim.partition_id, claim.token, now=time.time())
         except Exception as exc:  # the partition failed; the worker goes on with the next one
             tb = traceback.format_exc()
             print(tb, file=sys.stderr, flush=True)

@@ -111,7 +111,8 @@ class RunSettings:
     include_path: tuple[str, ...] = ()  # folders of lm-eval task files ([[datasets]] task = "NAME", --tasks)
     reload_per_partition: bool = False  # OpenCompass's policy (a fresh model for every task): for comparisons
     unsafe_allow_weak_sandbox: bool = False  # run generated code under the Python guard where no OS sandbox exists
-    slurm: Mapping = field(default_factory=_empty)  # partition, qos, time, extra_args (see the Slurm runner)
+    # each [run.<runner>] table as written (name -> table), checked by that runner: evalcore.runners.registry
+    runner_settings: Mapping = field(default_factory=_empty)
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def _names(cls) -> set[str]:
 
 MODEL_KEYS = _names(ModelSpec) | {"hf_path"}
 DATASET_KEYS = (_names(DatasetSpec) - {"task", "task_file", "groups", "data_files"}) | {"name", "task"}
-RUN_KEYS = _names(RunSettings)
+RUN_KEYS = _names(RunSettings) - {"runner_settings"}  # written as [run.<runner>] tables instead
 
 
 def _check_keys(d: Mapping, allowed: set[str], where: str) -> None:
@@ -298,10 +299,20 @@ def _check_dataset_names(entries) -> None:
                  and "path" not in d and "task" not in d])
 
 
+def _runner_tables(run: Mapping) -> tuple[Mapping, dict]:
+    """[run] apart from its [run.<runner>] tables (a table under a key that is no setting), and
+    those tables by name: the plan does not know the runners; their registry checks the names."""
+    if not isinstance(run, Mapping):
+        return run, {}
+    tables = {k: MappingProxyType(dict(v)) for k, v in run.items() if k not in RUN_KEYS and isinstance(v, Mapping)}
+    return {k: v for k, v in run.items() if k not in tables}, tables
+
+
 def parse_plan(doc: Mapping, where: str = "plan") -> Plan:
     _check_keys(doc, {"models", "datasets", "run"}, where)
-    _check_keys(doc.get("run", {}), RUN_KEYS, f"{where}: [run]")
-    run = _typed(RunSettings, doc.get("run", {}), f"{where}: [run]")
+    run_doc, tables = _runner_tables(doc.get("run", {}))
+    _check_keys(run_doc, RUN_KEYS, f"{where}: [run]")
+    run = _typed(RunSettings, {**run_doc, "runner_settings": tables}, f"{where}: [run]")
     models = tuple(_model(m, f"{where}: models[{i}]") for i, m in enumerate(doc.get("models", [])))
     _check_dataset_names(doc.get("datasets", []))
     datasets = tuple(_dataset(d, f"{where}: datasets[{i}]") for i, d in enumerate(doc.get("datasets", [])))
@@ -418,20 +429,15 @@ def validate(plan: Plan) -> Plan:
             raise PlanError(f"two {kind}s share the name {dup[0]!r}", hint="give each an 'abbr'")
     if (plan.run.max_num_workers is not None and plan.run.max_num_workers < 1) or plan.run.max_workers_per_gpu < 1:
         raise PlanError("max_num_workers and max_workers_per_gpu must be >= 1")
-    if plan.run.runner not in ("local", "slurm"):
-        raise PlanError(f"unknown runner {plan.run.runner!r} (local or slurm)")
-    if plan.run.runner == "slurm" or plan.run.slurm:
-        from evalcore.runners.slurm_settings import slurm_settings
-
-        slurm_settings(plan.run.slurm)  # unknown or bad keys fail here, before a run folder exists
-    return plan
+    return plan  # the runner and its [run.<runner>] table: evalcore.runners.registry.check_plan
 
 
 def default_workers(plan: Plan, n_devices: int) -> int:
-    """OpenCompass's default: as many model instances as the visible GPUs allow (GPUs x workers
-    per GPU / GPUs per instance, for the smallest instance); one on a CPU host or under Slurm
-    (where the login node sees no GPUs: give --max-num-workers for more jobs at once)."""
-    if n_devices == 0 or plan.run.runner != "local":
+    """OpenCompass's default: as many model instances as the workers' GPUs allow (GPUs x workers
+    per GPU / GPUs per instance, for the smallest instance); one without GPUs. The driver gives 0
+    for a runner whose workers do not get this host's GPUs (under Slurm the login node sees none:
+    give --max-num-workers for more jobs at once)."""
+    if n_devices == 0:
         return 1
     need = min((m.num_gpus for m in plan.models if m.num_gpus > 0), default=1)
     return max(1, n_devices * plan.run.max_workers_per_gpu // need)
@@ -448,9 +454,11 @@ def plan_to_json(plan: Plan) -> str:
             return [conv(v) for v in obj]
         return obj
 
+    run = _as_dict(plan.run)
+    run.update(run.pop("runner_settings"))  # as the plan file writes them: [run.<runner>]
     return json.dumps({"models": [conv(_as_dict(m)) for m in plan.models],
                        "datasets": [conv(_as_dict(d)) for d in plan.datasets],
-                       "run": conv(_as_dict(plan.run))}, indent=1, sort_keys=True)
+                       "run": conv(run)}, indent=1, sort_keys=True)
 
 
 def plan_from_json(text: str) -> Plan:
@@ -475,8 +483,8 @@ def plan_from_json(text: str) -> Plan:
         d["data_files"] = MappingProxyType(d.get("data_files", {}))
         return DatasetSpec(**d)
 
-    run = dict(doc["run"])
-    run["slurm"] = MappingProxyType(run.get("slurm", {}))
+    run, tables = _runner_tables(doc["run"])
+    run = {**run, "runner_settings": MappingProxyType(tables)}
     run["include_path"] = tuple(run.get("include_path", ()))
     return Plan(tuple(model(m) for m in doc["models"]), tuple(dataset(d) for d in doc["datasets"]),
                 RunSettings(**run))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from evalcore.errors import EvalcoreError, PlanError
 from evalcore.plan.spec import Plan, default_workers, plan_to_json, replace, validate
+from evalcore.runners.registry import check_plan, lookup, runner_of_worker
 
 EXIT_OK, EXIT_PARTIAL = 0, 1
 
@@ -40,7 +41,8 @@ def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None]
     from evalcore.benchmarks.taskfile import bind
     from evalcore.isolation.offline import go_offline
 
-    plan = bind(validate(plan))  # lm-eval task names -> their files and data (groups expanded)
+    runner = check_plan(validate(plan))  # [run.<runner>] tables too: bad keys fail before a run folder exists
+    plan = bind(plan)  # lm-eval task names -> their files and data (groups expanded)
     validate(plan)
     if run_id is None:  # a new run (resume writes into the run folder it was given)
         from evalcore.engine.runctx import check_work_dir
@@ -57,12 +59,13 @@ def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None]
 
     devices = discover_gpus(os.environ)
     if plan.run.max_num_workers is None:  # resolved once, recorded in run.json (resume keeps it)
-        plan = replace(plan, run=replace(plan.run, max_num_workers=default_workers(plan, len(devices))))
+        workers_gpus = len(devices) if runner.host_gpus else 0
+        plan = replace(plan, run=replace(plan.run, max_num_workers=default_workers(plan, workers_gpus)))
     if not plan.run.offline:
         from evalcore.plan.hubcheck import check_hub_reachable
 
         check_hub_reachable(plan)
-    if devices and plan.run.runner == "local":  # under Slurm the cluster's nodes decide
+    if devices and runner.host_gpus:  # else (Slurm) the runner's nodes decide
         for m in plan.models:
             if m.num_gpus > len(devices):
                 raise PlanError(f"model {m.name} needs {m.num_gpus} GPUs but this host has {len(devices)} "
@@ -75,7 +78,8 @@ def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None]
                             "for it in the plan to allow that (sandboxed subprocess)")
     from evalcore.engine.security import decide, describe
 
-    security = decide(plan, tasks)  # refuses code execution without an OS sandbox (unless opted in)
+    # refuses code execution without an OS sandbox (unless opted in)
+    security = decide(plan, tasks, workers_off_host=None if runner.on_host else runner.off_host_reason)
     for line in describe(security):
         log(line)
     resolved = resolve_plan(plan, tasks)
@@ -83,15 +87,15 @@ def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None]
     run_id = run_id or new_run_id()
     ctx = RunContext(run_id, check_run_dir(plan.run.work_dir, run_id), plan, resolved, security)
     parts = split(units(ctx, counts), plan.run.max_partition_size)
-    spec = _settings_json(ctx, len(devices))
+    spec = _settings_json(ctx, len(devices), runner.host_gpus)
     rows = [PartitionRow(p.partition_id, p.model, p.dataset, p.key_hash, p.key_json, spec[(p.model, p.dataset)],
                          p.start, p.end, p.cost,
-                         p.n_gpus if (devices or plan.run.runner == "slurm") else 0, plan.run.max_attempts)
+                         p.n_gpus if (devices or not runner.host_gpus) else 0, plan.run.max_attempts)
             for p in parts]
     return ctx, rows
 
 
-def _settings_json(ctx, n_devices: int) -> dict[tuple[str, str], str]:
+def _settings_json(ctx, n_devices: int, host_gpus: bool) -> dict[tuple[str, str], str]:
     """The effective settings of every model x dataset, as recorded with its partitions."""
     from evalcore.engine.runctx import effective_max_out_len
     from evalcore.engine.settings import effective_settings
@@ -103,7 +107,7 @@ def _settings_json(ctx, n_devices: int) -> dict[tuple[str, str], str]:
             t = tasks[d.abbr]
             out[(m.name, d.abbr)] = json.dumps(effective_settings(
                 m, d, t, max_out_len=effective_max_out_len(m, t), limit=d.limit if d.limit is not None
-                else ctx.plan.run.limit, n_devices=n_devices, runner=ctx.plan.run.runner,
+                else ctx.plan.run.limit, n_devices=n_devices, host_gpus=host_gpus,
                 workers_per_gpu=ctx.plan.run.max_workers_per_gpu), sort_keys=True)
     return out
 
@@ -163,11 +167,7 @@ def execute(ctx, *, on_progress=None) -> Outcome:
     """Run the workers until every partition is done or failed; then score and record results."""
     from evalcore.engine.ledger import Ledger
 
-    if ctx.plan.run.runner == "slurm":
-        from evalcore.runners.slurm import SlurmRunner as Runner
-    else:
-        from evalcore.runners.local import LocalRunner as Runner
-    runner = Runner(ctx, on_progress=on_progress)
+    runner = lookup(ctx.plan.run.runner).runner_class()(ctx, on_progress=on_progress)
     previous = _sigterm_interrupts()
     try:
         runner.run()
@@ -203,7 +203,8 @@ def hand_back_dead(ledger, run_id: str) -> int:
     run's lock, so no other driver's worker is affected."""
     host, n = socket.gethostname(), 0
     for p in ledger.partitions(run_id):
-        if (p["claimed_by"] or "").startswith("slurm-"):  # Slurm jobs: the Slurm runner hands those back
+        spec = runner_of_worker(p["claimed_by"])
+        if spec is not None and not spec.on_host:  # Slurm jobs: their runner hands those back
             continue
         if p["status"] == "running" and p["host"] == host and p["claim_token"] and not _alive(p["pid"]):
             n += bool(ledger.release(run_id, p["partition_id"], p["claim_token"], now=time.time()))

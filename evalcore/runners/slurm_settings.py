@@ -1,5 +1,6 @@
 """The plan's `[run.slurm]` table, checked: what the Slurm runner is told to do. Apart from the
-runner so that plan validation reads it without importing the runner (and what it imports)."""
+runner so that the runner registry (evalcore/runners/registry.py) checks a plan's table before a
+run starts without importing the runner (and what it imports)."""
 
 from __future__ import annotations
 
