@@ -22,7 +22,7 @@ def decide(plan, tasks: Mapping, *, sandbox_problem: Problem | None = None,
            netns_problem: Problem | None = None) -> dict[str, str]:
     """The run's security settings. `tasks`: abbr -> Task. The checks are injectable for tests;
     by default they run the real probes (each starts one small process)."""
-    from evalcore.scoring.sandbox import SandboxUnavailable
+    from evalcore.errors import SandboxUnavailable
 
     if sandbox_problem is None:
         from evalcore.scoring.sandbox import sandbox_problem

@@ -36,7 +36,7 @@ from evalcore.engine.runctx import RunContext
 from evalcore.engine.spool import SpoolServer, channel_job
 from evalcore.isolation.offline import OFFLINE_ENV
 
-from ..errors import EvalcoreError
+from ..errors import SlurmError
 from .slurm_settings import SETTING_KEYS, SlurmSettings, slurm_settings  # noqa: F401  (re-exported)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds the evalcore package
@@ -72,10 +72,6 @@ class _Job:
     @property
     def ended(self) -> bool:
         return self.ended_at is not None
-
-
-class SlurmError(EvalcoreError):
-    """Slurm cannot be used from here (no sbatch, another driver on this run, ...)."""
 
 
 class _Interrupted(KeyboardInterrupt):
@@ -679,4 +675,4 @@ def _tail(path: Path, n: int) -> str:
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-n:])
 
 
-__all__ = ["SlurmRunner", "SlurmSettings", "slurm_settings", "SlurmError"]
+__all__ = ["SlurmRunner", "SlurmSettings", "slurm_settings"]
