@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from cachekit.errors import EXIT_INTERRUPTED
+
 from .common import handle_errors
 
 NARGS = {"--model-kwargs", "--tokenizer-kwargs", "--datasets", "--tasks"}
@@ -172,7 +174,7 @@ def _execute_and_report(ctx) -> None:
         bar.close()
         click.echo(f"\ninterrupted: workers stopped at a batch boundary, their partitions handed back, the run "
                    f"marked interrupted. Continue with: {driver.resume_command(ctx.run_dir)}", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     bar.close()
     with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
         click.echo(_summary(ctx, ledger, "table"))
