@@ -9,13 +9,13 @@ import click
 
 from cachekit.errors import EXIT_VERIFY
 
-from .common import byte_bar, die, handle_errors, human_size
+from .common import byte_bar, debug_option, die, handle_errors, human_size
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@debug_option
 @click.version_option(package_name="cachekit-evalcore")
-def cachekit(debug: bool) -> None:
+def cachekit() -> None:
     """Portable, checksummed bundles of Hugging Face models, datasets and metrics.
 
     \b

@@ -7,10 +7,43 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import click
 
 from cachekit.errors import EXIT_INTERRUPTED, EXIT_USAGE, ToolError
+
+
+@dataclass
+class CliState:
+    """What a tool's options hand its commands, through click's context object (`ctx.obj`):
+    `--debug` (given before the command) and `--work-dir` (given after it; None when not given)."""
+
+    debug: bool = False
+    work_dir: str | None = None
+
+    def runs_dir(self) -> str:
+        """Where commands look run ids up: --work-dir, else `outputs`."""
+        return self.work_dir or "outputs"
+
+
+pass_state = click.make_pass_decorator(CliState, ensure=True)
+
+
+def _into_state(name: str):
+    def store(ctx: click.Context, _param: click.Parameter, value):
+        setattr(ctx.ensure_object(CliState), name, value)
+        return value
+
+    return store
+
+
+debug_option = click.option("--debug", is_flag=True, expose_value=False, callback=_into_state("debug"),
+                            help="Show tracebacks on errors (also CACHEKIT_DEBUG=1 / EVALCORE_DEBUG=1).")
+work_dir_option = click.option(
+    "--work-dir", metavar="DIR", expose_value=False, callback=_into_state("work_dir"),
+    help="Where run folders are: eval writes there (default: the plan's work_dir, else outputs), the other "
+         "commands look run ids up there (default: outputs).")
 
 
 def die(message: str, hint: str = "", code: int = EXIT_USAGE) -> None:
@@ -29,9 +62,8 @@ def handle_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        ctx = click.get_current_context()
-        debug = (ctx.find_root().params.get("debug") or os.environ.get("CACHEKIT_DEBUG") == "1"
-                 or os.environ.get("EVALCORE_DEBUG") == "1")
+        state = click.get_current_context().find_object(CliState) or CliState()
+        debug = state.debug or os.environ.get("CACHEKIT_DEBUG") == "1" or os.environ.get("EVALCORE_DEBUG") == "1"
         try:
             return fn(*args, **kwargs)
         except ToolError as exc:
