@@ -1,23 +1,32 @@
-"""The cachekit exception tree: one root, each class with a stable exit code and a user hint.
+"""The exit codes of both command-line tools, the root of both error trees, and cachekit's errors.
 
-Exit codes (shared with the CLI): 2 usage, 3 verification failed or conflict, 4 missing
-artefact (unknown repo, revision or file; gated repo without a token), 5 I/O failure while
-writing (disk full, permission), 6 network failure while fetching.
+Every exit code either tool returns is defined here, once (cachekit is the lowest layer; evalcore
+and the CLI read these). Every error raised on purpose derives from `ToolError`: a one-line
+message, a `hint` that says what to do next and a stable `exit_code`; the CLI (cli/common.py)
+prints the first two and exits with the third. cachekit's classes derive from `CachekitError`
+(below), evalcore's from `EvalcoreError` (evalcore/errors.py). docs/cachekit.md and
+docs/evalcore.md list every code with its classes; tests/test_error_table.py checks the lists
+against the classes.
 """
 
 from __future__ import annotations
 
-EXIT_USAGE = 2
-EXIT_VERIFY = 3
-EXIT_MISSING = 4
-EXIT_IO = 5
-EXIT_NETWORK = 6
+EXIT_OK = 0
+EXIT_FAILED = 1        # evalcore: some partitions failed (or an error with no more specific code)
+EXIT_USAGE = 2         # a bad argument, option, plan file or setting
+EXIT_VERIFY = 3        # verification failed: a bundle, ledger, store index, or a changed artefact on resume
+EXIT_MISSING = 4       # a missing artefact (unknown repo, revision or file; not in the local cache)
+EXIT_OFFLINE = EXIT_MISSING  # evalcore: the network was refused, or something is missing offline
+EXIT_IO = 5            # cachekit: a write failed (disk full, permission)
+EXIT_BUSY = 5          # evalcore: the run is being run by another driver
+EXIT_NETWORK = 6       # cachekit: the hub could not be reached
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM (128 + SIGINT)
 
 
-class CachekitError(Exception):
-    """Root of every error cachekit raises on purpose. `hint` tells the user what to do next."""
+class ToolError(Exception):
+    """Root of every error either tool raises on purpose. `hint` tells the user what to do next."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
     default_hint = ""
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
@@ -27,6 +36,10 @@ class CachekitError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class CachekitError(ToolError):
+    """Root of every error cachekit raises on purpose."""
 
 
 class UsageError(CachekitError, ValueError):

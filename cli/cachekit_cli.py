@@ -7,13 +7,15 @@ from pathlib import Path
 
 import click
 
-from .common import byte_bar, die, handle_errors, human_size
+from cachekit.errors import EXIT_VERIFY
+
+from .common import byte_bar, debug_option, die, handle_errors, human_size
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@debug_option
 @click.version_option(package_name="cachekit-evalcore")
-def cachekit(debug: bool) -> None:
+def cachekit() -> None:
     """Portable, checksummed bundles of Hugging Face models, datasets and metrics.
 
     \b
@@ -22,7 +24,7 @@ def cachekit(debug: bool) -> None:
     Offline host:  cachekit verify eval-bundle.tar && cachekit import eval-bundle.tar
 
     Exit codes: 0 ok, 2 usage, 3 verification failed or conflict, 4 unknown or gated repo,
-    revision or file, 5 write failure (disk full), 6 network failure.
+    revision or file, 5 write failure (disk full), 6 network failure, 130 interrupted.
     """
 
 
@@ -187,7 +189,7 @@ def import_(bundle: Path, dry_run: bool, link: bool) -> None:
         plan = import_bundle(bundle, dry_run=dry_run, link=link, show=_show_plan, progress=bar.update)
     if dry_run:
         if plan.problems():
-            die(f"the import would fail: {plan.problems()[0]}", code=3)
+            die(f"the import would fail: {plan.problems()[0]}", code=EXIT_VERIFY)
         click.echo("dry run: nothing changed")
     elif plan.nothing_to_do:
         click.echo("nothing to do: everything in the bundle is already installed")

@@ -7,17 +7,18 @@ from pathlib import Path
 
 import click
 
+from cachekit.errors import EXIT_INTERRUPTED
 from evalcore.runners.registry import RUNNERS, names
 
-from .common import handle_errors
+from .common import CliState, debug_option, handle_errors, pass_state, work_dir_option
 
 NARGS = {"--model-kwargs", "--tokenizer-kwargs", "--datasets", "--tasks"}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@debug_option
 @click.version_option(package_name="cachekit-evalcore")
-def evalcore(debug: bool) -> None:
+def evalcore() -> None:
     """Evaluate language models offline: models x datasets, partitioned, resumable.
 
     \b
@@ -53,7 +54,7 @@ def _run_flags(fn):
         click.option("--max-num-workers", type=int, help="Worker processes (model instances) at once."),
         click.option("--max-workers-per-gpu", "--max-num-workers-per-gpu", "max_workers_per_gpu", type=int, help="Workers sharing one GPU."),
         click.option("--max-partition-size", type=int, help="Largest partition, in cost units (samples x choices; x20 for generation)."),
-        click.option("--work-dir", help="Where run folders go (default: outputs)."),
+        work_dir_option,
         click.option("--limit", type=int, help="Evaluate only the first N samples of each dataset."),
         click.option("--offline/--no-offline", default=None, help="Refuse the network (default: on)."),
         click.option("--runner", type=click.Choice(names()), help="Where workers run: "
@@ -71,7 +72,8 @@ def _run_flags(fn):
 @click.argument("plan_file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_run_flags
 @handle_errors
-def eval_(plan_file, **flags) -> None:
+@pass_state
+def eval_(cli: CliState, plan_file, **flags) -> None:
     """Run an evaluation offline: preflight, partitions, workers, scores, summary.
 
     Flags override the plan file, which overrides defaults. The run folder and id are printed
@@ -87,14 +89,14 @@ def eval_(plan_file, **flags) -> None:
     from evalcore.engine.runlock import DriverLock
     from evalcore.runners import driver
 
-    plan = _plan_from(plan_file, flags)
+    plan = _plan_from(plan_file, flags, work_dir=cli.work_dir)
     ctx = driver.start(plan, sys.argv, log=lambda s: click.echo(s, err=True))
     click.echo(f"run {ctx.run_id}: {ctx.run_dir}")
     with DriverLock(ctx.run_dir):
         _execute_and_report(ctx)
 
 
-def _plan_from(plan_file, flags):
+def _plan_from(plan_file, flags, work_dir: str | None = None):
     from evalcore.plan.spec import Plan, load_plan, parse_kwargs, parse_plan, with_overrides
 
     plan = load_plan(plan_file) if plan_file else parse_plan({})
@@ -119,9 +121,11 @@ def _plan_from(plan_file, flags):
     for key in ("batch_padding", "chat_template"):
         if flags[key] is not None:
             overrides[key] = flags[key]
-    run = {k: flags[k] for k in ("max_num_workers", "max_workers_per_gpu", "max_partition_size", "work_dir",
+    run = {k: flags[k] for k in ("max_num_workers", "max_workers_per_gpu", "max_partition_size",
                                  "limit", "offline", "runner", "lease_seconds", "unsafe_allow_weak_sandbox")
            if flags[k] is not None}
+    if work_dir is not None:
+        run["work_dir"] = work_dir
     if flags["include_path"]:
         run["include_path"] = [str(Path(p).expanduser().resolve()) for p in flags["include_path"]]
     plan = with_overrides(plan, model=model, model_overrides=overrides if (overrides and not model) else None,
@@ -175,7 +179,7 @@ def _execute_and_report(ctx) -> None:
         bar.close()
         click.echo(f"\ninterrupted: workers stopped at a batch boundary, their partitions handed back, the run "
                    f"marked interrupted. Continue with: {driver.resume_command(ctx.run_dir)}", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     bar.close()
     with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
         click.echo(_summary(ctx, ledger, "table"))
@@ -257,11 +261,12 @@ def _echo_paths(ctx, ledger, fmt: str) -> None:
 
 @evalcore.command()
 @click.argument("run", required=False)
-@click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
+@work_dir_option
 @click.option("--runner", type=click.Choice(names()), default=None,
               help="Continue with this runner (default: the run's own); recorded in run.json.")
 @handle_errors
-def resume(run: str | None, work_dir: str, runner: str | None) -> None:
+@pass_state
+def resume(cli: CliState, run: str | None, runner: str | None) -> None:
     """Rerun only what failed or never finished, down to the sample; score what is not scored.
 
     RUN is a run folder, a run id or a work dir (its newest run); default: the newest run.
@@ -281,7 +286,7 @@ def resume(run: str | None, work_dir: str, runner: str | None) -> None:
     from evalcore.engine.runlock import DriverLock
     from evalcore.runners import driver
 
-    run_dir = driver.find_run(run, work_dir)
+    run_dir = driver.find_run(run, cli.runs_dir())
     with DriverLock(run_dir):  # a second driver of this run is refused (exit 5) before anything is rewritten
         ctx = driver.check_resume(run_dir, log=lambda s: click.echo(s, err=True), runner=runner)
         with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
@@ -293,11 +298,12 @@ def resume(run: str | None, work_dir: str, runner: str | None) -> None:
 
 @evalcore.command()
 @click.argument("run", required=False)
-@click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
+@work_dir_option
 @click.option("--errors", "show_errors", is_flag=True,
               help="Every failed partition with its whole error message, traceback tail and worker log.")
 @handle_errors
-def status(run: str | None, work_dir: str, show_errors: bool) -> None:
+@pass_state
+def status(cli: CliState, run: str | None, show_errors: bool) -> None:
     """Progress per model and dataset, failures with their error class, the run's state, an ETA.
 
     RUN is a run folder, a run id or a work dir (its newest run); default: the newest run. The
@@ -315,7 +321,7 @@ def status(run: str | None, work_dir: str, show_errors: bool) -> None:
     from evalcore.runners import driver
     from evalcore.runners.registry import worker_log
 
-    run_dir = driver.find_run(run, work_dir)
+    run_dir = driver.find_run(run, cli.runs_dir())
     run_id = _run_id(run_dir)
     with Ledger.for_reading(run_dir / "ledger.db", run_id=run_id) as ledger:
         rows = ledger.progress(run_id)
@@ -356,9 +362,10 @@ def _run_id(run_dir: Path) -> str:
 @click.option("--samples", "samples_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write one JSON line per sample (prompt, choices and log-likelihoods or generation, "
                    "prediction, gold, metrics).")
-@click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
+@work_dir_option
 @handle_errors
-def report(run: str | None, fmt: str, out_file: Path | None, samples_file: Path | None, work_dir: str) -> None:
+@pass_state
+def report(cli: CliState, run: str | None, fmt: str, out_file: Path | None, samples_file: Path | None) -> None:
     """The summary table (dataset, version, metric, mode, one column per model), from the newest
     results version (which one is said on stderr); md and json add the effective settings of
     each model x dataset.
@@ -381,7 +388,7 @@ def report(run: str | None, fmt: str, out_file: Path | None, samples_file: Path 
     if fmt == "html" and out_file is None:
         raise ReportError("--format html needs --out FILE (the page is one self-contained file)")
     _check_out(out_file)
-    ctx = RunContext.load(driver.find_run(run, work_dir))
+    ctx = RunContext.load(driver.find_run(run, cli.runs_dir()))
     with Ledger.for_reading(ctx.ledger_path, run_id=ctx.run_id) as ledger:
         data = report_data.gather(ctx, ledger)
         if fmt == "html":
@@ -438,10 +445,11 @@ def _write_atomically(path: Path, text: str) -> None:
               help="Answer filter for exact_match/letter: none, strip, first-line, strict-match, "
                    "flexible-extract, regex:PATTERN.")
 @click.option("--dataset", "datasets", multiple=True, metavar="ABBR", help="Apply --metric/--filter only here.")
-@click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
+@work_dir_option
 @handle_errors
-def rescore(run: str, metric_names: tuple[str, ...], filter_name: str | None, datasets: tuple[str, ...],
-            work_dir: str) -> None:
+@pass_state
+def rescore(cli: CliState, run: str, metric_names: tuple[str, ...], filter_name: str | None,
+            datasets: tuple[str, ...]) -> None:
     """Recompute every metric from the stored per-sample outputs: no model, tokenizer or GPU.
 
     Writes a new results version in the run's ledger (the old ones are kept); `report` shows
@@ -460,7 +468,7 @@ def rescore(run: str, metric_names: tuple[str, ...], filter_name: str | None, da
     from evalcore.engine.runctx import RunContext
     from evalcore.runners import driver
 
-    ctx = RunContext.load(driver.find_run(run, work_dir))
+    ctx = RunContext.load(driver.find_run(run, cli.runs_dir()))
     with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
         version, skipped = rescore_run(ctx, ledger, metric_names, filter_name, datasets, now=time.time())
         for model, dataset in skipped:
@@ -477,9 +485,10 @@ def rescore(run: str, metric_names: tuple[str, ...], filter_name: str | None, da
               help="Write the comparison to this file instead of printing it.")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
               help="A difference with a paired-test p-value at or above this is flagged as within noise.")
-@click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
+@work_dir_option
 @handle_errors
-def compare(run_a: str, run_b: str, fmt: str, out_file: Path | None, alpha: float, work_dir: str) -> None:
+@pass_state
+def compare(cli: CliState, run_a: str, run_b: str, fmt: str, out_file: Path | None, alpha: float) -> None:
     """Compare two runs per model x dataset: both scores, the difference (B - A) and a paired
     test on the samples both scored (McNemar for 0/1 scores, else a paired bootstrap with a
     fixed seed); differences within noise are flagged.
@@ -495,8 +504,8 @@ def compare(run_a: str, run_b: str, fmt: str, out_file: Path | None, alpha: floa
     from evalcore.runners import driver
 
     _check_out(out_file)
-    ctx_a = RunContext.load(driver.find_run(run_a, work_dir))
-    ctx_b = RunContext.load(driver.find_run(run_b, work_dir))
+    ctx_a = RunContext.load(driver.find_run(run_a, cli.runs_dir()))
+    ctx_b = RunContext.load(driver.find_run(run_b, cli.runs_dir()))
     with Ledger(ctx_a.ledger_path, create=False, run_id=ctx_a.run_id) as la, \
             Ledger(ctx_b.ledger_path, create=False, run_id=ctx_b.run_id) as lb:
         doc = cmp.compare_runs(ctx_a, la, ctx_b, lb, alpha)
@@ -512,9 +521,10 @@ def compare(run_a: str, run_b: str, fmt: str, out_file: Path | None, alpha: floa
 @click.argument("run")
 @click.option("--db", "db_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="SQLite file to write (created, or this run's rows replaced in it).")
-@click.option("--work-dir", default="outputs", help="Where run ids are looked up.")
+@work_dir_option
 @handle_errors
-def export_(run: str, db_file: Path, work_dir: str) -> None:
+@pass_state
+def export_(cli: CliState, run: str, db_file: Path) -> None:
     """Write a run's runs, settings, results (every version) and samples as plain SQLite tables,
     for sqlite3, Datasette or pandas.
 
@@ -528,7 +538,7 @@ def export_(run: str, db_file: Path, work_dir: str) -> None:
     from evalcore.report.export_db import export_run
     from evalcore.runners import driver
 
-    ctx = RunContext.load(driver.find_run(run, work_dir))
+    ctx = RunContext.load(driver.find_run(run, cli.runs_dir()))
     with Ledger(ctx.ledger_path, create=False, run_id=ctx.run_id) as ledger:
         counts = export_run(ctx, ledger, db_file)
     click.echo(f"run {ctx.run_id}: wrote " + ", ".join(f"{n} {t}" for t, n in counts.items()) + f" to {db_file}")

@@ -18,15 +18,14 @@ from pathlib import Path
 import pytest
 
 from evalcore.backends import (
-    BackendError,
     GenRequest,
     LoglikRequest,
     LoglikResult,
-    ModelNotCachedError,
     ModelSettings,
     bench_mc,
     load_backend,
 )
+from evalcore.errors import BackendError, ModelNotCachedError
 from tests.conftest import ARC_JSONL, ROOT, clean_env
 
 torch = pytest.importorskip("torch")

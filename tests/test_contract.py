@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from evalcore.engine.runctx import effective_max_out_len
-from evalcore.errors import PlanError
+from evalcore.errors import BackendError, PlanError
 from evalcore.plan.spec import parse_plan, with_overrides
 from evalcore.plan.tasks import task_for
 
@@ -674,7 +674,7 @@ def test_max_memory_leased_names_every_visible_gpu(monkeypatch):
     backend._model_kwargs = {"max_memory": "leased"}
     backend._model_src = hf._Source("/x", None, True)
     backend._trust = False
-    with pytest.raises(hf.BackendError):
+    with pytest.raises(BackendError):
         backend._load_model()
     assert calls["device_map"] == "auto" and calls["max_memory"] == {i: 80 * 2**30 for i in range(4)}
 

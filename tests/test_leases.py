@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from cachekit.errors import EXIT_USAGE
 from evalcore.engine.gpus import discover_gpus, visible_devices_env
 from evalcore.engine.leases import GpuLeases, default_path
-from evalcore.errors import EXIT_USAGE, LeaseError
+from evalcore.errors import LeaseError
 
 HOST = socket.gethostname()
 ME = os.getpid()

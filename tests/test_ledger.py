@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from cachekit.errors import EXIT_VERIFY
 from evalcore.engine import db, leases
 from evalcore.engine.ledger import SCHEMA, Ledger, PartitionRow
-from evalcore.errors import EXIT_VERIFY, LedgerError
+from evalcore.errors import LedgerError
 
 RUN = "run-1"
 HOST = "host-a"

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 
 import evalcore.scoring.sandbox as sandbox
+from evalcore.errors import ExecutionNotAllowedError, SandboxUnavailable
 from evalcore.scoring.sandbox import (
     BWRAP_MISSING,
-    ExecutionNotAllowedError,
     Limits,
-    SandboxUnavailable,
     check_humaneval,
     humaneval_program,
     run_program,

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from evalcore.engine.ledger import Claim, Ledger, PartitionRow
-from evalcore.engine.spool import DriverGone, RemoteError, SpoolError, SpoolLedger, SpoolServer
+from evalcore.engine.spool import SpoolLedger, SpoolServer
+from evalcore.errors import DriverGone, RemoteError, SpoolError
 
 RUN = "run-1"
 

@@ -8,20 +8,18 @@ from typing import Any
 
 from .base import (
     Backend,
-    BackendError,
     FrozenMap,
     GenRequest,
     LoglikRequest,
     LoglikResult,
-    ModelNotCachedError,
     ModelSettings,
     bench_mc,
     prefetch_hint,
 )
 
 __all__ = [
-    "Backend", "BackendError", "FrozenMap", "GenRequest", "LoglikRequest", "LoglikResult",
-    "ModelNotCachedError", "ModelSettings", "bench_mc", "load_backend", "prefetch_hint",
+    "Backend", "FrozenMap", "GenRequest", "LoglikRequest", "LoglikResult",
+    "ModelSettings", "bench_mc", "load_backend", "prefetch_hint",
 ]
 
 

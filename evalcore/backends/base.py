@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import EXIT_FAILED, EXIT_OFFLINE, EvalcoreError
+from ..errors import BackendError
 
 
 class FrozenMap(Mapping[str, Any]):
@@ -38,19 +38,6 @@ class FrozenMap(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"FrozenMap({self._data!r})"
-
-
-class BackendError(EvalcoreError):
-    """A model or tokenizer that cannot be loaded or run: missing, incompatible, out of memory."""
-
-    exit_code = EXIT_FAILED
-    default_hint = "check the model path, revision and model/tokenizer kwargs"
-
-
-class ModelNotCachedError(BackendError):
-    """A hub model that is not in the local cache while offline; the hint names the prefetch."""
-
-    exit_code = EXIT_OFFLINE
 
 
 def prefetch_hint(repo_id: str) -> str:

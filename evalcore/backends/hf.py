@@ -39,12 +39,11 @@ import torch.nn.functional as F
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ..errors import BackendError, ModelNotCachedError
 from .base import (
-    BackendError,
     GenRequest,
     LoglikRequest,
     LoglikResult,
-    ModelNotCachedError,
     ModelSettings,
     prefetch_hint,
 )

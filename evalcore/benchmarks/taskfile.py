@@ -18,10 +18,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 
+from ..errors import TaskFileError
 from .definition import FIXED_ON_BUILTIN, Task
 from .jinja import render
 from .rows import RowError
-from .yamlfile import Function, TaskFileError, load_yaml
+from .yamlfile import Function, load_yaml
 
 # TaskConfig keys and what this reader does with them.
 USED = {"task", "dataset_path", "dataset_name", "dataset_kwargs", "training_split", "validation_split", "test_split",

@@ -12,11 +12,7 @@ import inspect
 import sys
 from pathlib import Path
 
-from ..errors import PlanError
-
-
-class TaskFileError(PlanError):
-    default_hint = "fix the lm-eval task file (see docs/evalcore.md, lm-eval task files)"
+from ..errors import TaskFileError
 
 
 class Function:

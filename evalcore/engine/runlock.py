@@ -14,14 +14,9 @@ import socket
 import time
 from pathlib import Path
 
-from evalcore.errors import EXIT_BUSY, EvalcoreError
+from evalcore.errors import EvalcoreError, RunBusy
 
 LOCK_NAME = "driver.lock"
-
-
-class RunBusy(EvalcoreError):
-    exit_code = EXIT_BUSY
-    default_hint = "wait for it to finish (evalcore status RUN), or stop it first"
 
 
 class DriverLock:
@@ -82,4 +77,4 @@ def driver_alive(run_dir: Path) -> bool | None:
         return False
 
 
-__all__ = ["DriverLock", "RunBusy", "driver_alive"]
+__all__ = ["DriverLock", "driver_alive"]

@@ -24,7 +24,7 @@ def decide(plan, tasks: Mapping, *, workers_off_host: str | None = None, sandbox
     runner starts its workers on this host (a network namespace applies), else why it does not
     (its runner spec says: evalcore.runners.registry). The checks are injectable for tests; by
     default they run the real probes (each starts one small process)."""
-    from evalcore.scoring.sandbox import SandboxUnavailable
+    from evalcore.errors import SandboxUnavailable
 
     if sandbox_problem is None:
         from evalcore.scoring.sandbox import sandbox_problem

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from evalcore.engine.ledger import Claim
-from evalcore.errors import EvalcoreError, LedgerError
+from evalcore.errors import DriverGone, LedgerError, RemoteError, SpoolError
 
 PROTOCOL = 1
 DEFAULT_TIMEOUT_S = 60.0
@@ -65,23 +65,6 @@ _CHANNEL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _SEQ_FILE = re.compile(r"^(\d+)\.json$")
 _POLL_MIN_S, _POLL_MAX_S = 0.002, 0.05
 
-class SpoolError(EvalcoreError):
-    """The spool cannot be used (bad channel name, unreadable answer)."""
-
-
-class DriverGone(SpoolError):
-    """No answer from the driver in time: it was killed or lost the run. The job should stop;
-    the partitions it held come back once their leases expire (or on `evalcore resume`)."""
-
-    default_hint = "resume the run: evalcore resume RUN_DIR"
-
-
-class RemoteError(SpoolError):
-    """The ledger call raised on the driver's side (its class and message are kept)."""
-
-    def __init__(self, error_class: str, message: str) -> None:
-        super().__init__(f"{error_class} on the driver: {message}")
-        self.error_class = error_class
 
 
 def channel_job(channel: str) -> str:
@@ -373,5 +356,5 @@ class SpoolServer:
         return result
 
 
-__all__ = ["SpoolLedger", "SpoolServer", "DriverGone", "SpoolError", "RemoteError", "channel_job", "METHODS",
+__all__ = ["SpoolLedger", "SpoolServer", "channel_job", "METHODS",
            "DEFAULT_TIMEOUT_S"]

@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{args.worker_id}] pid {os.getpid()} on {socket.gethostname()}, slurm job "
               f"{os.environ.get('SLURM_JOB_ID', '-')}, CUDA_VISIBLE_DEVICES="
               f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}", flush=True)
-    from evalcore.engine.spool import DriverGone
+    from evalcore.errors import DriverGone
 
     try:
         return Worker(args.run_dir, args.worker_id, args.gpus, args.threads, args.parent_pid, spool=args.spool,

@@ -7,11 +7,7 @@ from __future__ import annotations
 
 from evalcore.benchmarks.engine import fewshot_rows, prepare_rows, requests_for
 from evalcore.benchmarks.rows import RowError
-from evalcore.errors import PlanError
-
-
-class BadRow(PlanError):
-    default_hint = "fix the dataset definition (docs/plan.md) or the data; nothing was run"
+from evalcore.errors import BadRow
 
 
 def dry_run(plan, tasks: dict, resolved) -> dict[str, int]:

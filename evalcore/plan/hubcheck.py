@@ -7,18 +7,12 @@ import os
 import socket
 from urllib.parse import urlsplit
 
-from evalcore.errors import EXIT_OFFLINE, EvalcoreError
+from evalcore.errors import HubUnreachable
 from evalcore.plan.sources import plan_sources
 from evalcore.plan.spec import Plan
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CONNECT_TIMEOUT_S = 5.0
-
-
-class HubUnreachable(EvalcoreError):
-    exit_code = EXIT_OFFLINE
-    default_hint = ("run offline from the local cache (drop --no-offline), or check the network, "
-                    "HF_ENDPOINT and any proxy")
 
 
 def check_hub_reachable(plan: Plan, timeout: float = CONNECT_TIMEOUT_S) -> None:
@@ -39,4 +33,4 @@ def check_hub_reachable(plan: Plan, timeout: float = CONNECT_TIMEOUT_S) -> None:
                              f"{exc.strerror or exc}); nothing was started") from None
 
 
-__all__ = ["check_hub_reachable", "HubUnreachable"]
+__all__ = ["check_hub_reachable"]

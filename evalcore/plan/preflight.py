@@ -12,7 +12,7 @@ from pathlib import Path
 from cachekit import paths
 from cachekit.errors import BundleError, CachekitError, NotFoundError
 from cachekit.index import Index
-from evalcore.errors import EXIT_VERIFY, EvalcoreError, MissingArtefact, PlanError
+from evalcore.errors import EvalcoreError, MissingArtefact, PlanError, StoreIndexUnreadable
 from evalcore.plan import data
 from evalcore.plan.model_folder import model_folder_problems, tokenizer_problems
 from evalcore.plan.spec import DatasetSpec, ModelSpec, Plan, is_local
@@ -61,13 +61,6 @@ def _needs_remote_code(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     return bool(cfg.get("auto_map"))
-
-
-class StoreIndexUnreadable(EvalcoreError):
-    """The cachekit store index exists but cannot be read: the run stops rather than fall back to
-    the plain cache (where the bundle's recorded decisions, trust_remote_code among them, are lost)."""
-
-    exit_code = EXIT_VERIFY
 
 
 def resolve_model(path: str, revision: str | None, want_trust: bool, index: Index, what: str,

@@ -13,16 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from evalcore.errors import EvalcoreError, PlanError
+from cachekit.errors import EXIT_FAILED, EXIT_OK
+from evalcore.errors import EvalcoreError, PlanError, ResumeRefused
 from evalcore.plan.spec import Plan, default_workers, plan_to_json, replace, validate
 from evalcore.runners.registry import check_plan, lookup, runner_of_worker
-
-EXIT_OK, EXIT_PARTIAL = 0, 1
-
-
-class ResumeRefused(EvalcoreError):
-    exit_code = 3
-    default_hint = "start a new run for the changed plan or artefacts: evalcore eval ..."
 
 
 @dataclass
@@ -33,7 +27,7 @@ class Outcome:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_PARTIAL if self.failed else EXIT_OK
+        return EXIT_FAILED if self.failed else EXIT_OK
 
 
 def prepare(plan: Plan, *, run_id: str | None = None, log: Callable[[str], None] = print):

@@ -33,7 +33,7 @@ from evalcore.engine.ledger import Ledger
 from evalcore.engine.runctx import RunContext
 from evalcore.engine.spool import SpoolServer, channel_job
 
-from ..errors import EvalcoreError
+from ..errors import SlurmError
 from .slurm_cancel import CANCEL_WAIT_S, END_GRACE_S, cancel_leftovers
 from .slurm_client import ABNORMAL, SlurmClient
 from .slurm_jobs import Job, JobsFile, tail
@@ -44,10 +44,6 @@ from .slurm_settings import SETTING_KEYS, SlurmSettings, slurm_settings  # noqa:
 
 SPOOL_POLL_S = 0.01          # how often the driver looks for job requests
 LOG_TAIL_LINES = 20
-
-
-class SlurmError(EvalcoreError):
-    """Slurm cannot be used from here (no sbatch, another driver on this run, ...)."""
 
 
 class _Interrupted(KeyboardInterrupt):

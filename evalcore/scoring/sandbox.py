@@ -50,7 +50,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from evalcore.errors import EXIT_USAGE, EvalcoreError
+from evalcore.errors import ExecutionNotAllowedError, SandboxUnavailable
 from evalcore.isolation import nsbox
 
 Status = Literal["passed", "failed", "timeout", "error", "oom"]
@@ -156,22 +156,6 @@ def _main():
 
 _main()
 '''
-
-
-class ExecutionNotAllowedError(EvalcoreError, PermissionError):
-    """Code execution was asked for without the explicit opt-in."""
-
-    exit_code = EXIT_USAGE
-    default_hint = "running generated code must be enabled in the plan (it is off by default)"
-
-
-class SandboxUnavailable(EvalcoreError, PermissionError):
-    """The OS sandbox cannot run on this host, and the user did not opt in to the weak guard."""
-
-    exit_code = EXIT_USAGE
-    default_hint = ("install bubblewrap and allow user namespaces (see the message); only if this machine "
-                    "is disposable: unsafe_allow_weak_sandbox = true in [run] (--unsafe-allow-weak-sandbox) "
-                    "runs generated code under a Python-level guard that code can escape")
 
 
 BWRAP_MISSING = "bubblewrap is not installed (no `bwrap` on PATH): apt-get install bubblewrap (make setup does it)"
