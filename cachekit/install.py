@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import check, dataset_cache, evaluate_modules, paths
 from . import manifest as mf
-from ._fs import prune_empty_dirs, remove_quietly, write_error
+from ._fs import write_error
 from .bundle import BundleReader, DirBundle, Problem, open_bundle
 from .changes import Changes
 from .checksum import copy_range_and_hash, git_blob_sha1_bytes, sha256_file
@@ -509,10 +509,3 @@ def _link(blob: Path, link: Path) -> None:
         if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
             raise
         shutil.copyfile(blob, link)
-
-
-def remove_staging_leftovers(root: Path) -> None:
-    """Drop staging folders left by an import that was killed (not needed for correctness)."""
-    for d in root.glob(".cachekit-staging-*"):
-        remove_quietly(d)
-        prune_empty_dirs(d.parent, root)
