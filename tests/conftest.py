@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from evalcore.isolation.offline import install_socket_guard  # noqa: E402
 
 install_socket_guard()  # in this process; subprocesses get it from tests/netguard/sitecustomize.py
 
+from tests.helpers.waiting import wait_for  # noqa: E402,F401  (imported from here by many tests)
 from tests.hubserver import hub_server  # noqa: E402,F401,F811  (fixture)
 
 
@@ -37,17 +37,6 @@ def run_cli(tool: str, *args: str, env: dict[str, str], timeout: float = 300, **
     """Run `cachekit` or `evalcore` in a fresh interpreter, as a user would."""
     return subprocess.run([sys.executable, "-m", f"cli.{tool}_cli", *map(str, args)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, **kw)
-
-
-def wait_for(pred, timeout: float = 60.0, every: float = 0.05, what: str = "condition"):
-    """Poll `pred` until it returns something truthy (and return it), or fail after `timeout`."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"{what}: not met within {timeout} s")
 
 
 def tree_state(path: Path) -> dict[str, tuple]:

@@ -19,6 +19,7 @@ import pytest
 from evalcore.engine.gpus import discover_gpus, visible_devices_env
 from evalcore.engine.leases import GpuLeases, default_path
 from evalcore.errors import EXIT_USAGE, LeaseError
+from tests.helpers.waiting import ready_then_wait, run_spawned, wait_for
 
 HOST = socket.gethostname()
 ME = os.getpid()
@@ -227,29 +228,6 @@ def _dead_pid() -> int:
 
 # ---- many processes -----------------------------------------------------------------------------
 
-def wait_until(cond, what: str, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.005)
-
-
-def _ready_then_wait(go: str) -> None:
-    Path(f"{go}.ready.{os.getpid()}").touch()
-    while not os.path.exists(go):
-        time.sleep(0.001)
-
-
-def _run_spawned(fn, arglists: list[tuple], go: Path, timeout: float = 600.0) -> list:
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(len(arglists)) as pool:
-        pending = [pool.apply_async(fn, args) for args in arglists]
-        wait_until(lambda: len(list(go.parent.glob(f"{go.name}.ready.*"))) == len(arglists),
-                   "the spawned processes never became ready", timeout)
-        go.touch()
-        return [p.get(timeout=timeout) for p in pending]
-
-
 def _stress_worker(path: str, check: str, devices: list[str], spg: int, rounds: int, go: str, seed: int) -> dict:
     """Acquire 1-2 GPUs, prove in a separate file that nobody else holds those slots, release."""
     rng = random.Random(seed)
@@ -258,7 +236,7 @@ def _stress_worker(path: str, check: str, devices: list[str], spg: int, rounds: 
     owner = f"w{seed}"
     violations: list[str] = []
     got = 0
-    _ready_then_wait(go)
+    ready_then_wait(go)
     deadline = time.monotonic() + 300                 # generous: a loaded machine is slow, not wrong
     while got < rounds and time.monotonic() < deadline:
         n = rng.choice((1, 1, 2))
@@ -294,7 +272,7 @@ def test_eight_processes_never_hold_a_slot_twice(tmp_path):
     devices = ["0", "1", "2"]
     # two runs on one table: one with 2 slots per GPU, one with 1
     args = [(str(path), str(check), devices, 2 if i % 2 else 1, 40, str(go), i) for i in range(8)]
-    results = _run_spawned(_stress_worker, args, go)
+    results = run_spawned(_stress_worker, args, go)
     assert [r["violations"] for r in results] == [[]] * 8
     assert [r["got"] for r in results] == [40] * 8
     assert all(r["owner"] is None for r in GpuLeases(path, devices, 1).table(time.time()))
@@ -304,7 +282,7 @@ def _small_stream(path: str, go: str, stop: str, seed: int) -> int:
     """Keep asking for one GPU, holding it briefly, asking again at once."""
     leases = GpuLeases(path, ["0", "1", "2", "3"], 1)
     owner, got = f"small{seed}", 0
-    _ready_then_wait(go)
+    ready_then_wait(go)
     while not os.path.exists(stop):
         lease = leases.acquire(1, owner=owner, pid=os.getpid(), host=HOST, run_id="small", now=time.time(), ttl=30)
         if lease is None:
@@ -326,9 +304,9 @@ def test_a_four_gpu_task_is_not_starved_by_a_stream_of_one_gpu_tasks(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(3) as pool:
         pending = [pool.apply_async(_small_stream, (str(path), str(go), str(stop), i)) for i in range(3)]
-        wait_until(lambda: len(list(tmp_path.glob("go.ready.*"))) == 3, "the stream never started")
+        wait_for(lambda: len(list(tmp_path.glob("go.ready.*"))) == 3, 300.0, 0.005, "the stream never started")
         go.touch()
-        wait_until(lambda: small_held() >= 2, "the stream never flowed")
+        wait_for(lambda: small_held() >= 2, 300.0, 0.005, "the stream never flowed")
         big = take(g, 4, "big", now=time.time(), ttl=300)     # now a waiter with a ticket
         before = small_held()
         deadline = time.monotonic() + 300
@@ -341,7 +319,7 @@ def test_a_four_gpu_task_is_not_starved_by_a_stream_of_one_gpu_tasks(tmp_path):
         assert sorted(big.devices) == ["0", "1", "2", "3"]
         assert held(g) == [(d, 0, "big") for d in ("0", "1", "2", "3")]
         g.release(big)
-        wait_until(lambda: small_held() >= 1, "the stream did not resume after the big task")
+        wait_for(lambda: small_held() >= 1, 300.0, 0.005, "the stream did not resume after the big task")
         stop.touch()
         counts = [p.get(timeout=300) for p in pending]
     assert sum(counts) >= 3                                    # the stream ran before and after
