@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,18 @@ from evalcore.isolation.offline import install_socket_guard  # noqa: E402
 
 install_socket_guard()  # in this process; subprocesses get it from tests/netguard/sitecustomize.py
 
+from scripts.hubserver import HubServer  # noqa: E402
 from tests.helpers.waiting import wait_for  # noqa: E402,F401  (imported from here by many tests)
-from tests.hubserver import hub_server  # noqa: E402,F401,F811  (fixture)
+
+
+@pytest.fixture
+def hub_server() -> Iterator[HubServer]:
+    """A started local hub server (scripts/hubserver.py), stopped after the test."""
+    hub = HubServer().start()
+    try:
+        yield hub
+    finally:
+        hub.stop()
 
 
 def clean_env(**extra: str) -> dict[str, str]:
