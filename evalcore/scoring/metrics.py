@@ -10,6 +10,9 @@ Sections: multiple choice (`choose`, `mc_scores`), aggregation (`mean`, `mean_st
 `group_scores` for MMLU-style groups), exact match and the generation filters, GSM8K, BBH.
 HumanEval and MBPP are pass@1 of one greedy generation, scored by running it
 (`evalcore.scoring.sandbox`).
+
+Over 400 lines on purpose: most of it is the lm-eval configuration each rule reproduces, quoted
+in its docstring; the rules share `_normalise` and the numpy semantics, so they stay together.
 """
 
 from __future__ import annotations
