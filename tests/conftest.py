@@ -34,6 +34,18 @@ def hub_server() -> Iterator[HubServer]:
         hub.stop()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module's tests (`pytestmark = pytest.mark.usefixtures(...)`): on
+    a shared 2-core machine, 2 threads against a busy core crawl."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment for a subprocess: no HF settings from the host, the net guard loaded."""
     env = {k: v for k, v in os.environ.items()
