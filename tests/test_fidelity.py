@@ -18,7 +18,7 @@ from evalcore.plan.spec import parse_plan
 from evalcore.plan.tasks import build_context, fewshot_rows, task_for
 from evalcore.scoring import metrics
 from tests.conftest import ROOT
-from tests.helpers.data import read_rows, task_named
+from tests.helpers.data import read_rows, requests_by_doc, task_named
 
 XC = ROOT / "tests" / "crosscheck"
 DATA = ROOT / "scripts" / "crosscheck_tasks" / "data"
@@ -36,10 +36,7 @@ def mc_docs() -> dict[str, list[tuple[object, dict]]]:
 
 
 def reference(model: str, task_file: str) -> dict[tuple[str, int], list[dict]]:
-    grouped: dict[tuple[str, int], list[dict]] = {}
-    for rec in read_rows(XC / model / f"{task_file}.jsonl"):
-        grouped.setdefault((rec["task"], rec["doc"]), []).append(rec)
-    return {k: sorted(v, key=lambda r: r["request"]) for k, v in grouped.items()}
+    return requests_by_doc(XC / model / f"{task_file}.jsonl")
 
 
 def _sha256(p: Path) -> str:

@@ -17,7 +17,7 @@ from evalcore.benchmarks.definition import SUBSET_FIELD
 from evalcore.benchmarks.engine import fewshot_rows, prepare_rows, requests_for
 from evalcore.benchmarks.scores import score_gen, score_ll, score_loglik
 from tests.conftest import ROOT
-from tests.helpers.data import read_rows, task_named
+from tests.helpers.data import read_rows, requests_by_doc, task_named
 
 XC = ROOT / "tests" / "crosscheck"
 DATA = ROOT / "scripts" / "crosscheck_tasks" / "data"
@@ -48,12 +48,7 @@ DOCS = {"tiny": None, "smollm2": 10}  # documents checked per task (SmolLM2: the
 
 def reference(model: str, name: str) -> dict[tuple[str, int], list[dict]]:
     p = XC / model / f"{name}.jsonl"
-    if not p.exists():
-        return {}
-    out: dict[tuple[str, int], list[dict]] = {}
-    for rec in read_rows(p):
-        out.setdefault((rec["task"], rec["doc"]), []).append(rec)
-    return {k: sorted(v, key=lambda r: r["request"]) for k, v in out.items()}
+    return requests_by_doc(p) if p.exists() else {}
 
 
 @pytest.fixture(scope="module", params=["tiny", "smollm2"])

@@ -21,3 +21,12 @@ def read_rows(p: Path) -> list[dict]:
 def task_named(name: str):
     """The task of the built-in benchmark `name`, as a plan naming it would run it."""
     return task_for(parse_plan({"datasets": [{"name": name}]}).datasets[0])
+
+
+def requests_by_doc(p: Path) -> dict[tuple[str, int], list[dict]]:
+    """A reference file of lm-eval requests (one JSON line each: task, doc, request, ...) as
+    {(task, doc): its requests in request order}."""
+    out: dict[tuple[str, int], list[dict]] = {}
+    for rec in read_rows(p):
+        out.setdefault((rec["task"], rec["doc"]), []).append(rec)
+    return {k: sorted(v, key=lambda r: r["request"]) for k, v in out.items()}
