@@ -51,14 +51,3 @@ def write_error(exc: OSError, path: Path | str) -> WriteError:
         errno.EROFS: "read-only filesystem",
     }.get(exc.errno or 0, exc.strerror or str(exc))
     return WriteError(f"could not write {path}: {reason}")
-
-
-def prune_empty_dirs(path: Path, stop: Path) -> None:
-    """Remove `path` and its parents while they are empty, never going above `stop`."""
-    path, stop = Path(path), Path(stop)
-    while path != stop and stop in path.parents:
-        try:
-            path.rmdir()
-        except OSError:
-            return
-        path = path.parent

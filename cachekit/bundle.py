@@ -7,6 +7,9 @@ by member as it streams, manifest first. What a reader finds that cachekit never
 devices, unlisted or duplicate members) is a `Problem`; after `NAMED_PROBLEMS` of them the rest
 are only counted, and reading stops at `MEMBER_BOUND`, so a hostile archive of 200,000 members
 costs milliseconds and a few lines. `cachekit.check` adds the manifest's objects and hashes.
+
+Over 400 lines on purpose: the folder and the tar reader are two halves of one contract
+(`BundleReader`: the same members, problems, tally and bounds); `pack_tar` writes what they read.
 """
 
 from __future__ import annotations

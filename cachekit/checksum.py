@@ -33,20 +33,6 @@ def sha256_file(path: str | os.PathLike, progress: Callable[[int], None] | None 
         return sha256_stream(f, progress)[0]
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def git_blob_sha1(path: str | os.PathLike) -> str:
-    """The git object id of a file, which the hub uses as the ETag of non-LFS files."""
-    size = os.path.getsize(path)
-    h = hashlib.sha1(b"blob %d\0" % size)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def git_blob_sha1_bytes(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 

@@ -247,13 +247,20 @@ def _parse_wheels(d: object) -> tuple[tuple[FileRecord, ...], dict]:
         if path in seen:
             raise BundleError(f"manifest.json: duplicate wheel {path!r}")
         seen.add(path)
-        size, sha = f.get("size"), f.get("sha256")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise BundleError(f"manifest.json: wheel {path!r} has an invalid size {size!r}")
-        if not isinstance(sha, str) or not _HEX64.match(sha):
-            raise BundleError(f"manifest.json: wheel {path!r} has an invalid sha256 {sha!r}")
+        size, sha = _size_and_sha256(f, f"manifest.json: wheel {path!r}")
         out.append(FileRecord(path, size, sha))
     return tuple(out), target
+
+
+def _size_and_sha256(f: dict, what: str) -> tuple[int, str]:
+    """A file record's size (a whole number >= 0) and sha256 (64 hex digits), or a BundleError
+    saying which of `what` is invalid."""
+    size, sha = f.get("size"), f.get("sha256")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise BundleError(f"{what} has an invalid size {size!r}")
+    if not isinstance(sha, str) or not _HEX64.match(sha):
+        raise BundleError(f"{what} has an invalid sha256 {sha!r}")
+    return size, sha
 
 
 def _parse_entry(i: int, d: object) -> Entry:
@@ -290,11 +297,7 @@ def _parse_entry(i: int, d: object) -> Entry:
         if path in paths:
             raise BundleError(f"{name}: duplicate file {path!r}")
         paths.add(path)
-        size, sha = f.get("size"), f.get("sha256")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise BundleError(f"{name}: file {path!r} has an invalid size {size!r}")
-        if not isinstance(sha, str) or not _HEX64.match(sha):
-            raise BundleError(f"{name}: file {path!r} has an invalid sha256 {sha!r}")
+        size, sha = _size_and_sha256(f, f"{name}: file {path!r}")
         etag = f.get("etag")
         if not isinstance(etag, str) or not _ETAG.match(etag):
             raise BundleError(f"{name}: file {path!r} has an invalid etag {etag!r} "

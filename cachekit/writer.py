@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import __version__
 from . import manifest as mf
-from ._fs import atomic_write_bytes, remove_quietly, temp_sibling, write_error
+from ._fs import atomic_write_bytes, remove_quietly, write_error
 from .bundle import BundleReader
 from .checksum import copy_and_hash, sha256_file
 from .errors import BundleError
@@ -214,9 +214,3 @@ def _key(repo_type: str, repo_id: str, commit: str, path: str) -> str:
 def staging_for(out: Path) -> Path:
     """Folder a prefetch writes into: the bundle folder itself, or `<out>.partial` for a tar."""
     return out.with_name(out.name + ".partial") if out.suffix == ".tar" else out
-
-
-def new_temp_dir(near: Path) -> Path:
-    p = temp_sibling(near, "work")
-    p.mkdir(parents=True)
-    return p

@@ -1,3 +1,5 @@
+# Over 400 lines on purpose: the click commands of one tool, thin wrappers over evalcore (each
+# command's options, help text and example); the work is in the evalcore packages.
 """`evalcore`: offline batch evaluation of language models."""
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def env_for(home: Path, **extra: str) -> dict:
 
 
 def run(work: Path, total_mb: int, timed) -> dict:
-    from tests.hubserver import HubServer
+    from scripts.hubserver import HubServer
 
     files = make_files(work / "src", total_mb)
     size = sum(p.stat().st_size for p in files)

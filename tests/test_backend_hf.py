@@ -51,13 +51,7 @@ def settings(model_dir: Path, **kw) -> ModelSettings:
     return ModelSettings(path=str(model_dir), **kw)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, 2 threads against a busy core crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

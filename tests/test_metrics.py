@@ -151,10 +151,10 @@ def scores(generated: str, gold: str = GOLD_72, **kw) -> tuple[float, float]:
     return s["exact_match,strict-match"], s["exact_match,flexible-extract"]
 
 
-def test_gsm8k_gold() -> None:
-    assert m.gsm8k_gold(GOLD_72) == "72"
-    assert m.gsm8k_gold("so $1,000 in all.\n#### 1,000") == "1000"
-    assert m.gsm8k_gold("#### -3") == "-3"
+def test_gsm8k_gold_is_the_answer_after_the_marker() -> None:
+    assert scores("#### 72", GOLD_72) == (1.0, 1.0)
+    assert scores("#### 1000", "so $1,000 in all.\n#### 1,000") == (1.0, 1.0)
+    assert scores("#### -3", "#### -3") == (1.0, 1.0)
 
 
 def test_gsm8k_both_filters_match() -> None:
@@ -196,7 +196,8 @@ def test_gsm8k_gold_on_every_train_answer() -> None:
 
     for line in gzip.open(GSM8K_TRAIN, "rt", encoding="utf-8").read().splitlines():
         answer = json.loads(line)["answer"]
-        assert m.gsm8k_gold(answer) == answer.split("#### ")[-1].replace(",", "").strip()
+        gold = answer.split("#### ")[-1].replace(",", "").strip()
+        assert scores(f"#### {gold}", answer)[0] == 1.0  # the gold is the text after the last "#### "
         assert scores(answer, answer) == (1.0, 1.0)  # the reference solution scores 1 both ways
 
 
@@ -216,39 +217,3 @@ def test_bbh_zeroshot_strict() -> None:
     assert m.bbh_zeroshot_strict_score("false.", "False") == 1.0
     assert m.bbh_zeroshot_strict_score('"(A)"', "(A)") == 1.0
     assert m.bbh_zeroshot_strict_score(" False", "False") == 0.0
-
-
-def test_opencompass_bbh_postprocess() -> None:
-    assert m.bbh_mcq_postprocess("Let's think. So the answer is (B).") == "B"
-    assert m.bbh_mcq_postprocess("(C)") == "C"
-    assert m.bbh_mcq_postprocess("I think it is b") == "I"  # first capital letter anywhere
-    assert m.bbh_mcq_postprocess("the answer is (A), no, the answer is (B)") == "A"
-    assert m.bbh_mcq_postprocess("no idea") == "no idea"
-    assert m.bbh_freeform_postprocess("So the answer is True.") == "True"
-    assert m.bbh_freeform_postprocess("So the answer is **24**.\nMore") == "24"
-    assert m.opencompass_bbh_score("So the answer is (B).", "(B)", "snarks") == 1.0
-    assert m.opencompass_bbh_score("So the answer is False.", "False", "web_of_lies") == 1.0
-    assert m.opencompass_bbh_score("So the answer is false.", "False", "web_of_lies") == 0.0
-    with pytest.raises(ValueError):
-        m.opencompass_bbh_score("x", "y", "not_a_task")
-    assert len(m.OPENCOMPASS_BBH_MCQ_TASKS | m.OPENCOMPASS_BBH_FREEFORM_TASKS) == 27
-
-
-# --- pass@k ---------------------------------------------------------------------------------
-
-
-def test_pass_at_k_known_values() -> None:
-    assert m.pass_at_k(10, 1, 1) == pytest.approx(0.1)
-    assert m.pass_at_k(10, 3, 5) == pytest.approx(1 - 21 / 252)  # 1 - C(7,5)/C(10,5)
-    assert m.pass_at_k(200, 10, 1) == pytest.approx(0.05)
-    assert m.pass_at_k(5, 0, 3) == 0.0
-    assert m.pass_at_k(5, 5, 1) == 1.0
-    assert m.pass_at_k(4, 2, 3) == 1.0  # n - c < k
-    for n, c, k in [(20, 4, 7), (100, 37, 10), (13, 1, 13)]:
-        assert m.pass_at_k(n, c, k) == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k))
-
-
-@pytest.mark.parametrize("n,c,k", [(5, 6, 1), (5, -1, 1), (5, 1, 0), (5, 1, 6)])
-def test_pass_at_k_rejects_bad_input(n: int, c: int, k: int) -> None:
-    with pytest.raises(ValueError):
-        m.pass_at_k(n, c, k)

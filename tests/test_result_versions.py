@@ -6,7 +6,8 @@ from __future__ import annotations
 import sqlite3
 
 from evalcore.engine import db
-from evalcore.engine.ledger import _V1, APPLICATION_ID, SCHEMA, Ledger
+from evalcore.engine.ledger import Ledger
+from evalcore.engine.ledger_schema import _V1, APPLICATION_ID, SCHEMA
 from tests.test_ledger import RUN, new_ledger, parts
 
 ROW = {"model_key": "m1", "dataset_key": "arc", "metric": "acc", "value": 0.5, "stderr": 0.1, "n": 20}

@@ -13,22 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from evalcore.engine.ledger import Claim, Ledger, PartitionRow
+from evalcore.engine.ledger import Claim, Ledger
 from evalcore.engine.spool import SpoolLedger, SpoolServer
 from evalcore.errors import DriverGone, RemoteError, SpoolError
-
-RUN = "run-1"
-
-
-def parts(n: int, models: tuple[str, ...] = ("m1",), per: int = 4) -> list[PartitionRow]:
-    return [PartitionRow(f"p{i:04d}", models[i % len(models)], "arc", "h", "{}", "{}", i * per, (i + 1) * per,
-                         float(per), 1, 3) for i in range(n)]
-
-
-def new_ledger(path: Path, partitions: list[PartitionRow]) -> Ledger:
-    ledger = Ledger(path)
-    ledger.create_run(RUN, str(path.parent), "{}", ["evalcore"], partitions, now=time.time())
-    return ledger
+from tests.helpers.ledger import RUN, new_ledger, parts
+from tests.helpers.waiting import wait_for
 
 
 class Serving:
@@ -58,7 +47,7 @@ def claim(client, worker: str = "w1", **kw):
 
 
 def test_every_call_round_trips_like_the_ledger(tmp_path):
-    ledger = new_ledger(tmp_path / "ledger.db", parts(2, ("m1", "m2")))
+    ledger = new_ledger(tmp_path / "ledger.db", parts(2, ("m1", "m2")), now=time.time())
     with Serving(ledger, tmp_path / "spool") as server:
         client = SpoolLedger(tmp_path / "spool", "123")
         c = claim(client, prefer_model="m2", only_models={"m1", "m2"})
@@ -86,19 +75,12 @@ def test_every_call_round_trips_like_the_ledger(tmp_path):
         assert {p["partition_id"]: p["status"] for p in ledger.partitions(RUN)} == {"p0000": "pending", "p0001": "done"}
         assert claim(client, only_models=set()) is None
         client.close()
-        _wait(lambda: not (tmp_path / "spool" / "123").exists())  # the driver deleted the channel
+        wait_for(lambda: not (tmp_path / "spool" / "123").exists())  # the driver deleted the channel
     assert server.handled == 13
 
 
-def _wait(pred, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 def test_server_uses_its_own_clock_and_filters_claims(tmp_path):
-    ledger = new_ledger(tmp_path / "ledger.db", parts(4, ("m1", "m2")))
+    ledger = new_ledger(tmp_path / "ledger.db", parts(4, ("m1", "m2")), now=time.time())
     with Serving(ledger, tmp_path / "spool", clock=lambda: 1000.0,
                  claim_filter=lambda ch: {"m2"} if ch.startswith("7") else set()):
         a = SpoolLedger(tmp_path / "spool", "7")
@@ -118,12 +100,12 @@ def test_driver_gone_raises_clearly_and_at_once_for_every_client(tmp_path):
     t0 = time.monotonic()
     with pytest.raises(DriverGone, match="no answer from the driver") as err:
         a.heartbeat(RUN, "p", "t", now=0.0, lease_s=1.0)
-    assert 0.3 <= time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 >= 0.3                  # it waited its whole timeout first
     assert "call heartbeat #1" in str(err.value)
     t0 = time.monotonic()
-    with pytest.raises(DriverGone):  # the other thread's client does not wait 30 s again
-        b.done_indices(RUN, "p")
-    assert time.monotonic() - t0 < 0.5
+    with pytest.raises(DriverGone, match="call heartbeat #1"):  # the other thread's client does not
+        b.done_indices(RUN, "p")                                  # wait its own 30 s: it reuses a's verdict
+    assert time.monotonic() - t0 < b.timeout_s
     a.close()
     b.close()  # never raises, never waits
 
@@ -266,7 +248,7 @@ def _worker_process(spool: str, job: str, n_samples_each: int) -> None:
 
 
 def test_many_processes_share_one_ledger_through_the_spool(tmp_path):
-    ledger = new_ledger(tmp_path / "ledger.db", parts(24, per=5))
+    ledger = new_ledger(tmp_path / "ledger.db", parts(24, per=5), now=time.time())
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker_process, args=(str(tmp_path / "spool"), str(100 + k), 5)) for k in range(4)]
     with Serving(ledger, tmp_path / "spool") as server:
@@ -286,9 +268,10 @@ def test_many_processes_share_one_ledger_through_the_spool(tmp_path):
 
 
 def test_call_latency(tmp_path):
-    """What one ledger call through the spool costs on a local disk (a worker makes one per chunk
-    of samples and one per heartbeat)."""
-    ledger = new_ledger(tmp_path / "ledger.db", parts(1))
+    """A hundred calls in a row through the spool each get their answer; what one costs on a local
+    disk is printed (a worker makes one per chunk of samples and one per heartbeat). A figure,
+    not an assertion: speed is measured by benchmarks, never asserted in a test."""
+    ledger = new_ledger(tmp_path / "ledger.db", parts(1), now=time.time())
     with Serving(ledger, tmp_path / "spool"):
         client = SpoolLedger(tmp_path / "spool", "1")
         c = claim(client)
@@ -300,4 +283,4 @@ def test_call_latency(tmp_path):
         client.close()
     med = statistics.median(times)
     print(f"\nspool call latency: median {med * 1000:.1f} ms, max {max(times) * 1000:.1f} ms")
-    assert med < 0.2
+    assert len(times) == 100

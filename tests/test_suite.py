@@ -6,7 +6,6 @@ results."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -20,12 +19,13 @@ from evalcore.benchmarks.suite import ALIASES, TRUTHFULQA_PRIMER
 from evalcore.plan.spec import parse_plan
 from evalcore.plan.tasks import task_for
 from tests.conftest import ROOT
+from tests.helpers.data import read_rows
 
 DATA = ROOT / "scripts" / "crosscheck_tasks" / "data"
 
 
 def rows(rel: str) -> list[dict]:
-    return [json.loads(x) for x in (DATA / rel).read_text().splitlines()]
+    return read_rows(DATA / rel)
 
 
 def first(name: str, rel: str):

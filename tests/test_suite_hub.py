@@ -1,4 +1,4 @@
-"""The standard suite end to end from a hub: the local hub server (tests/hubserver.py) serves every
+"""The standard suite end to end from a hub: the local hub server (scripts/hubserver.py) serves every
 built-in's dataset at the repo, config and split the registry names, in the hub's Parquet layout
 (README `configs:` + `<config>/<split>-00000-of-00001.parquet`; BBH as 27 configs). `evalcore needs`
 names each repo with its configs and splits, `cachekit prefetch --plan` bundles exactly those

@@ -6,6 +6,8 @@ Adding a built-in is one entry in BUILTIN (and its crosscheck rows)."""
 
 from __future__ import annotations
 
+from evalcore.scoring import metrics
+
 from .definition import SUBSET_FIELD, HubRef, Row, Task
 
 
@@ -130,9 +132,9 @@ BUILTIN: dict[str, Task] = {
     "mmlu_ppl": Task("mmlu_ppl", "ll", _mmlu_text, _mmlu_target, _mmlu_choices, description=_mmlu_description,
                      fewshot_split="dev", group=_mmlu_group, hub=HubRef("cais/mmlu", "all", "test", "dev")),
     "gsm8k_gen": Task("gsm8k_gen", "gen", _gsm8k_text, _gsm8k_target, target_text=_gsm8k_target, fewshot=5,
-                      fewshot_split="train", sampler="random", stop=("Question:", "</s>", "<|im_end|>"), max_out_len=256,
+                      fewshot_split="train", sampler="random", stop=metrics.GSM8K_UNTIL, max_out_len=256,
                       metric="gsm8k", hub=HubRef("openai/gsm8k", "main", "test", "train")),
-    "bbh_gen": Task("bbh_gen", "gen", _bbh_text, _bbh_target, stop=("</s>", "Q:", "<|im_end|>"), max_out_len=256,
+    "bbh_gen": Task("bbh_gen", "gen", _bbh_text, _bbh_target, stop=metrics.BBH_ZEROSHOT_UNTIL, max_out_len=256,
                     metric="bbh", group=_bbh_group, hub=HubRef("lukaemon/bbh", None, "test", None, BBH_CONFIGS)),
     "humaneval_gen": Task("humaneval_gen", "gen", _humaneval_text, _humaneval_target,
                           stop=("\nclass", "\ndef", "\n#", "\nif", "\nprint"), max_out_len=512, metric="humaneval",

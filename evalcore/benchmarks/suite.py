@@ -14,6 +14,8 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+from evalcore.scoring import metrics
+
 from .definition import SUBSET_FIELD, HubRef, Row, Task
 
 # -- HellaSwag (lm_eval/tasks/hellaswag: process_docs of utils.py) -----------------------------
@@ -320,7 +322,7 @@ def suite(base: dict[str, Task]) -> dict[str, Task]:
              fewshot_samples=GSM8K_COT_SHOTS, stop=("Q:", "</s>", "<|im_end|>"), max_out_len=256,
              metric="gsm8k_cot", hub=HubRef("openai/gsm8k", "main", "test")),
         Task("bbh", mode="gen", text=_bbh_cot_text, target=_bbh_cot_target, description=_bbh_cot_description,
-             target_delimiter="", fewshot=3, fewshot_samples=_LazyShots(), stop=("</s>", "Q", "\n\n"),
+             target_delimiter="", fewshot=3, fewshot_samples=_LazyShots(), stop=metrics.BBH_FEWSHOT_UNTIL,
              max_out_len=1024, metric="bbh_cot", group=_subset,
              hub=HubRef("SaylorTwift/bbh", None, "test", None, base["bbh_gen"].hub.configs)),
         Task("mbpp", mode="gen", text=_mbpp_text, target=_mbpp_target, target_text=_mbpp_shot_answer,

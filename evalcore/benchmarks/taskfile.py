@@ -9,6 +9,9 @@ lm_eval/config/task.py TaskConfig/FewshotConfig, lm_eval/api/samplers.py).
   folder, as lm-eval does);
 - `task_from_spec(spec)`: the Task. Keys that do not change a score are accepted and recorded;
   a key that would change one and is not supported is an error naming the key and the file.
+
+Over 400 lines on purpose: one file format read in one place; the index, the binding and the
+Task conversion share the key tables at the top (what is used, recorded or refused).
 """
 
 from __future__ import annotations

@@ -246,12 +246,6 @@ class GpuLeases:
         with self._h.write() as conn:
             conn.execute("DELETE FROM waiters WHERE owner = ?", (owner,))
 
-    def reclaim(self, *, now: float, host: str) -> int:
-        """Free slots whose lease expired, or whose process (on `host`, this host) is gone; drop
-        stale waiters. Returns the number of slots freed."""
-        with self._h.write() as conn:
-            return self._reclaim(conn, now=now, host=host)
-
     @staticmethod
     def _free(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> int:
         return conn.execute("UPDATE slots SET token = NULL, owner = NULL, run_id = NULL, pid = NULL, "
@@ -280,9 +274,3 @@ class GpuLeases:
                  "expires_in": None if r["token"] is None else r["expires_at"] - now}
                 for r in self._h.read("SELECT * FROM slots")]
         return sorted(rows, key=lambda r: (_device_key(r["device"]), r["slot"]))
-
-    def waiters(self, now: float) -> list[dict[str, Any]]:
-        """Queued requests, oldest first: ticket, owner, run, n_gpus, pid, host, waiting (s)."""
-        return [{"ticket": r["ticket"], "owner": r["owner"], "run": r["run_id"], "n_gpus": r["n_gpus"],
-                 "pid": r["pid"], "host": r["host"], "waiting": now - r["registered_at"]}
-                for r in self._h.read("SELECT * FROM waiters ORDER BY ticket")]

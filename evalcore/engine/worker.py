@@ -1,3 +1,5 @@
+# Over 400 lines on purpose: one process's loop (claim, lease, load, run, commit, hand back) and
+# the signal and driver-gone handling that must see all of it.
 """A long-lived worker process: claim a partition -> (lease GPUs) -> load the model once ->
 run the samples still missing -> commit them in small batches -> claim the next, preferring the
 model already loaded.

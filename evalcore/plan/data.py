@@ -108,14 +108,4 @@ def _load_file(p: Path) -> list[dict]:
     raise PlanError(f"{p}: unsupported data file (.parquet, .jsonl, .json, .csv, .tsv, optionally .gz)")
 
 
-def count_rows(ref: DataRef) -> int:
-    if ref.parts:
-        return len(load_rows(ref))
-    if ref.path.name.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        return pq.read_metadata(ref.path).num_rows
-    return len(load_rows(ref))
-
-
-__all__ = ["DataRef", "resolve", "load_rows", "count_rows"]
+__all__ = ["DataRef", "resolve", "load_rows"]

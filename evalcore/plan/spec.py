@@ -1,3 +1,5 @@
+# Over 400 lines on purpose: the plan format is one schema (file keys, flags, defaults and their
+# checks side by side, as docs/plan.md lists them); split it only along a seam of that format.
 """The evaluation plan: a TOML file and OpenCompass-style flags -> frozen records. Pure.
 
 Precedence: command-line flags > plan file > defaults. Unknown keys are errors, never ignored.

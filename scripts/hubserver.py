@@ -1,4 +1,5 @@
-"""A local Hugging Face Hub server for tests (stdlib only; pytest only for the ``hub_server`` fixture).
+"""A local Hugging Face Hub server (stdlib only) for the tests (the ``hub_server`` fixture in
+tests/conftest.py), the benchmarks and the cache crosscheck.
 
 It speaks what the real ``huggingface_hub`` client and ``datasets`` use (see the brief
 ``hub-protocol.md``): repo info, tree, paths-info, refs, commits, and ``/resolve/`` HEAD/GET with ETag,
@@ -26,8 +27,6 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
-
-import pytest
 
 LFS_EXTENSIONS = (".safetensors", ".bin", ".parquet", ".gguf", ".pt")
 LFS_THRESHOLD = 1 << 20  # files of 1 MiB or more are stored as "LFS" files
@@ -497,13 +496,3 @@ class _Handler(BaseHTTPRequestHandler):
 def _dirs(tree: Mapping[str, Blob]) -> set[str]:
     """Every folder that holds a file of ``tree``."""
     return {"/".join(p.split("/")[:i]) for p in tree for i in range(1, p.count("/") + 1)}
-
-
-@pytest.fixture
-def hub_server() -> Iterator[HubServer]:
-    """A started :class:`HubServer`, stopped after the test."""
-    hub = HubServer().start()
-    try:
-        yield hub
-    finally:
-        hub.stop()
