@@ -195,18 +195,21 @@ def run(tasks: list[str] | None = None, limit: int = 10, mmlu_limit: int = 3, ge
 
 
 def render(r: dict) -> list[str]:
+    loads = [x for row in r["rows"] for x in row["load1"]] or [0.0]
     lines = ["## Whole process, the command lines: `evalcore eval` vs `lm_eval run` (lm-eval 0.4.13)", "",
              f"{r['model']} from the same local folder, float32, CPU, batch size 16, one torch thread and one process "
              "each (`OMP_NUM_THREADS=1`; evalcore's plan: `threads = 1`, one worker), offline, the same lm-eval task "
              "files and local data slices (`--include-path`), the same `--limit`; each command timed from start to "
              "exit (imports, model load, task building, scoring, metrics, writing results), the two tools "
              f"alternating, medians of {r['rows'][0]['repeat']} runs each (measured {r.get('measured', '?')}, "
-             f"{r['minutes']} min in all; load average before {r['load']}, after {r['load_after']}; the 1-minute load "
-             "at the start of every run is in the JSON). Ratio = lm-eval / evalcore (higher is better). "
+             f"{r['minutes']} min in all; load average before {r['load']}, after {r['load_after']}; 1-minute load at the "
+             f"start of the runs {min(loads):.1f} to {max(loads):.1f}: the machine was shared). Ratio = lm-eval / evalcore (higher is better). "
              "Limits: documents per task (MMLU: per subject, 4 subjects); kept small so the whole comparison fits "
-             "in about 20 minutes on this shared 2-core machine, so start-up (imports, model load: 10-20 s per "
-             "process) weighs more here than in a full run: the ratio grows with the limit toward the scoring-phase "
-             "ratio below.", "",
+             "in about 20 minutes on this shared 2-core machine (it took longer at this load), so start-up is a large "
+             "share of every run: lm-eval indexes every task file it ships and imports its model stack before the "
+             "first request (most of its wall time at these limits), evalcore reads the plan, checks it and starts "
+             "one worker. With larger limits the whole-process ratio moves toward the scoring-phase ratio of the "
+             "section above.", "",
              "| task | limit | evalcore | lm-eval | ratio | goal | peak RSS evalcore / lm-eval | agreement |",
              "|---|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
