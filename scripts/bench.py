@@ -6,7 +6,8 @@ measured in the same run on the same machine (these machines are shared and nois
 Sections: bundles (prefetch / verify / import / start-up), engine (ledger throughput, model loads),
 inference (evalcore vs lm-evaluation-harness, same requests), exact (scoring phase, whole process and
 tokens vs the prefix-tree floor, few-shot tasks included), gpu (scripts/gpu_check.py: on CPU with a
-small model unless a CUDA device is visible), sched (makespan on 8 fake GPUs). Results of sections not run this
+small model unless a CUDA device is visible), cli (whole process: the `evalcore eval` and `lm_eval run`
+command lines from start to exit, same task files and local data), sched (makespan on 8 fake GPUs). Results of sections not run this
 time are kept from the previous docs/benchmarks.md (build/bench/results.json).
 """
 
@@ -49,7 +50,7 @@ def main() -> None:
     BUILD.mkdir(parents=True, exist_ok=True)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     sections = {"bundles": lambda: bench_bundles(args.bundle_mb), "engine": bench_engine,
-                "inference": bench_inference, "exact": bench_exact, "gpu": bench_gpu,
+                "inference": bench_inference, "exact": bench_exact, "cli": bench_cli, "gpu": bench_gpu,
                 "sched": lambda: bench_sched(results)}
     for name, fn in sections.items():
         if args.only is None or name in args.only:
@@ -97,6 +98,12 @@ def bench_exact() -> dict:
     return run(BUILD)
 
 
+def bench_cli() -> dict:
+    from scripts.bench_cli import run
+
+    return run()
+
+
 def bench_gpu() -> dict:
     """scripts/gpu_check.py in its own process (CUDA when visible, else CPU with a small model)."""
     out = BUILD / "gpu_check.json"
@@ -126,6 +133,10 @@ def render(results: dict) -> str:
         from scripts.bench_exact import render as render_exact
 
         out += render_exact(results["exact"]) + ["", f"Reproduce: `{results['exact']['cmd']}`", ""]
+    if "cli" in results:
+        from scripts.bench_cli import render as render_cli
+
+        out += render_cli(results["cli"]) + ["", f"Reproduce: `{results['cli']['cmd']}`", ""]
     if "gpu" in results:
         from scripts.gpu_check import render as render_gpu
 

@@ -14,7 +14,7 @@ import json
 import pytest
 
 from evalcore.backends import GenRequest, LoglikRequest, ModelSettings, load_backend
-from evalcore.backends.prefix import MIN_PREFIX, plan_prefixes, prefix_floor
+from evalcore.backends.prefix import MIN_PREFIX, plan_prefixes, prefix_floor, split_by_length
 from evalcore.scoring import metrics
 from tests.conftest import ROOT
 
@@ -70,6 +70,21 @@ def test_plan_keeps_subjects_apart_and_reuses_known_prefixes():
     known = plan_prefixes([a + (1, 2), b + (3,)], known=[a])
     assert known == {0: a}                                # the second has no partner and no known prefix
     assert plan_prefixes([a[:MIN_PREFIX - 1] + (1,), a[:MIN_PREFIX - 1] + (2,)]) == {}
+
+
+def test_split_by_length_trades_padding_against_passes():
+    lengths = [100, 98, 97, 40, 39, 38, 10]
+    assert split_by_length(lengths, 16, 1000) == [7]             # a pass costs more than any padding
+    assert split_by_length(lengths, 16, 16) == [3, 3, 1]         # similar lengths together
+    assert split_by_length(lengths, 2, 16) == [1, 2, 1, 2, 1]    # never more rows than allowed
+    assert split_by_length(lengths, 16, 0) == [1, 1, 1, 1, 1, 1, 1]
+    assert split_by_length([5, 5, 5], 16, 0) == [3]              # equal lengths: one batch
+    assert split_by_length([], 4, 16) == []
+    for rows, cost in ((16, 16), (2, 16), (3, 5)):
+        sizes = split_by_length(lengths, rows, cost)
+        assert sum(sizes) == len(lengths) and max(sizes) <= rows
+    with pytest.raises(ValueError):
+        split_by_length([1, 2], 4, 0)
 
 
 def test_prefix_floor_counts_distinct_prefixes():

@@ -3,9 +3,11 @@
 `model.generate` on a left-padded batch runs until every sequence of the batch has stopped:
 a sequence that hit EOS or a stop string keeps costing a forward row each step. Here a finished
 sequence leaves the batch at once (its rows of the KV cache are dropped), and when half the slots
-are free the waiting prompts are prefilled and join the running batch: the two caches are
+are free the waiting prompts are prefilled and join the running batch: the caches are
 left-padded to one length (masked key/value positions), so every sequence keeps its own
-positions and attention span. A prompt that starts with a prefix shared by other prompts is
+positions and attention span. Prompts are prefilled in batches of similar length (padding costs
+a forward position each; another pass costs about `PASS_COST` positions), not padded to the
+longest of all. A prompt that starts with a prefix shared by other prompts is
 prefilled after that prefix's cached key/values (evalcore/backends/prefix.py).
 
 The decoding is plain greedy, as `generate(do_sample=False, num_beams=1)`: argmax of the last
@@ -23,7 +25,14 @@ from typing import Any
 
 import torch
 
-from .prefix import cache_kwarg, expanded_cache
+from .prefix import cache_kwarg, expanded_cache, split_by_length
+
+# what one more forward pass costs, in prompt positions, by device type: on a CPU a pass reads
+# every weight once (about what 16 positions of a small model compute); a GPU runs a few hundred
+# positions in the time of a pass. Prompts are prefilled in batches of similar length that
+# minimise padded positions + passes x this (prefix.split_by_length).
+PASS_COST = {"cpu": 16}
+PASS_COST_DEFAULT = 512
 
 # generation-config fields that make `generate` change greedy logits (logits processors)
 PROCESSOR_FIELDS = ("repetition_penalty", "encoder_repetition_penalty", "no_repeat_ngram_size",
@@ -80,12 +89,13 @@ class _Batch:
     def layers(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         self.cache = expanded_cache(kv, kv[0][0].shape[0])
 
-    def join(self, other: _Batch) -> None:
-        if not self.jobs:
-            self.__dict__.update(other.__dict__)
+    def join(self, others: Sequence[_Batch]) -> None:
+        """Add the sequences of `others`: every cache left-padded to the widest, one copy per layer."""
+        parts = ([self] if self.jobs else []) + [o for o in others if o.jobs]
+        if len(parts) == 1:
+            self.__dict__.update(parts[0].__dict__)
             return
-        la, lb = self.mask.shape[1], other.mask.shape[1]
-        width = max(la, lb)
+        width = max(b.mask.shape[1] for b in parts)
 
         def left_pad(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
             if n == 0:
@@ -94,14 +104,16 @@ class _Batch:
             shape[dim] = n
             return torch.cat([t.new_zeros(shape), t], dim=dim)
 
-        self.layers = [(torch.cat([left_pad(ka, width - la, 2), left_pad(kb, width - lb, 2)]),
-                        torch.cat([left_pad(va, width - la, 2), left_pad(vb, width - lb, 2)]))
-                       for (ka, va), (kb, vb) in zip(self.layers, other.layers, strict=True)]
-        self.mask = torch.cat([left_pad(self.mask, width - la, 1), left_pad(other.mask, width - lb, 1)])
-        self.next = torch.cat([self.next, other.next])
-        self.pos = torch.cat([self.pos, other.pos])
-        self.jobs += other.jobs
-        self.out += other.out
+        pads = [width - b.mask.shape[1] for b in parts]
+        layers = [b.layers for b in parts]
+        self.layers = [(torch.cat([left_pad(ls[i][0], n, 2) for ls, n in zip(layers, pads, strict=True)]),
+                        torch.cat([left_pad(ls[i][1], n, 2) for ls, n in zip(layers, pads, strict=True)]))
+                       for i in range(len(layers[0]))]
+        self.mask = torch.cat([left_pad(b.mask, n, 1) for b, n in zip(parts, pads, strict=True)])
+        self.next = torch.cat([b.next for b in parts])
+        self.pos = torch.cat([b.pos for b in parts])
+        self.jobs = [j for b in parts for j in b.jobs]
+        self.out = [o for b in parts for o in b.out]
 
     def keep(self, rows: list[int]) -> None:
         idx = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
@@ -131,6 +143,7 @@ class GreedyRefill:
         self.prefix_kv, self.is_stopped, self.on_tokens = prefix_kv, is_stopped, on_tokens
         self._cache_kw = cache_kwarg(model.forward)
         self._keep = {"logits_to_keep": 1} if "logits_to_keep" in _params(model.forward) else {}
+        self.pass_cost = PASS_COST.get(getattr(torch.device(device), "type", "cpu"), PASS_COST_DEFAULT)
 
     def run(self, jobs: Sequence[Job], slots: int, done: dict[int, list[int]]) -> None:
         """Generate every job not yet in `done`; fills `done` (job index -> generated ids, EOS
@@ -142,7 +155,13 @@ class GreedyRefill:
                 group = [waiting.pop(0)]
                 while waiting and len(batch) + len(group) < slots and waiting[0].prefix == group[0].prefix:
                     group.append(waiting.pop(0))
-                batch.join(self._prefill(group))
+                group.sort(key=lambda j: (-len(j.ids), j.index))
+                tails = [len(j.ids) - len(j.prefix) for j in group]
+                chunks, k = [], 0
+                for n in split_by_length(tails, len(group), self.pass_cost):
+                    chunks.append(self._prefill(group[k:k + n]))
+                    k += n
+                batch.join(chunks)
             else:
                 self._step(batch)
             finished = [i for i, (job, out) in enumerate(zip(batch.jobs, batch.out, strict=True))

@@ -75,6 +75,34 @@ def plan_prefixes(seqs: Sequence[Ids], *, min_len: int = MIN_PREFIX,
     return out
 
 
+def split_by_length(lengths: Sequence[int], max_rows: int, overhead: int) -> list[int]:
+    """Sizes of consecutive batches for items sorted longest first, at most `max_rows` each, that
+    minimise the positions run (rows x the batch's longest, padding included) plus `overhead`
+    positions per batch (what one more forward pass costs: reading the weights once). Ties go to
+    the larger last batch.
+
+    Dynamic programming over the split points (O(n x max_rows)). `overhead` >= the longest item
+    gives full batches whenever padding costs less than a pass; 0 gives batches of equal lengths.
+    """
+    n = len(lengths)
+    if any(a < b for a, b in zip(lengths, lengths[1:], strict=False)):
+        raise ValueError("lengths must be sorted longest first")
+    max_rows = max(1, max_rows)
+    best = [0] + [None] * n               # best[i]: cost of the first i items
+    cut = [0] * (n + 1)
+    for i in range(1, n + 1):
+        for k in range(1, min(max_rows, i) + 1):   # last batch: items i-k .. i-1, longest = lengths[i-k]
+            c = best[i - k] + k * lengths[i - k] + overhead
+            if best[i] is None or c <= best[i]:      # ties: the larger batch
+                best[i], cut[i] = c, k
+    sizes = []
+    i = n
+    while i:
+        sizes.append(cut[i])
+        i -= cut[i]
+    return sizes[::-1]
+
+
 def prefix_floor(seqs: Iterable[Sequence[int]]) -> int:
     """Tokens of the deduplicated prefix tree of `seqs` (distinct prefixes): the fewest tokens an
     exact causal scorer has to run through the model for them."""
