@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -112,8 +113,19 @@ def bench_gpu() -> dict:
     return json.loads(out.read_text())
 
 
+NOTES = re.compile(r"<!-- notes:(\w+)[^>]*-->\n.*?<!-- /notes:\1 -->\n", re.S)
+
+
+def kept_notes(old: str) -> dict[str, str]:
+    """The hand-written blocks of the previous docs/benchmarks.md (analysis that no script can
+    measure: profiles, why a goal is missed), by name; `render` puts each back in its place."""
+    return {m.group(1): m.group(0) for m in NOTES.finditer(old)}
+
+
 def render(results: dict) -> str:
     from scripts.bench_bundles import render as render_bundles
+
+    notes = kept_notes(DOC.read_text()) if DOC.exists() else {}
 
     out = ["# Benchmarks", "",
            "Written by `make bench` (`python scripts/bench.py`). Every figure is a ratio to a reference "
@@ -132,11 +144,14 @@ def render(results: dict) -> str:
     if "exact" in results:
         from scripts.bench_exact import render as render_exact
 
-        out += render_exact(results["exact"]) + ["", f"Reproduce: `{results['exact']['cmd']}`", ""]
+        out += render_exact(results["exact"]) + ["", notes.get("exact", ""),
+                                                  f"Reproduce: `{results['exact']['cmd']}`", ""]
     if "cli" in results:
         from scripts.bench_cli import render as render_cli
 
         out += render_cli(results["cli"]) + ["", f"Reproduce: `{results['cli']['cmd']}`", ""]
+    if "goals" in notes:
+        out += [notes["goals"]]
     if "gpu" in results:
         from scripts.gpu_check import render as render_gpu
 
