@@ -7,7 +7,10 @@ HFLM on identical requests, with the tokens each runs through the model and the 
 Tasks (requests built by our task definitions, which the crosscheck shows equal lm-eval's):
 ARC-Easy 0-shot, MMLU 0-shot, MMLU 5-shot (the subject's five dev questions in front of every
 question, lm-eval's first_n), GSM8K (lm-eval's 5 random exemplars per question) and GSM8K with
-fixed exemplars (the same five in front of every question, as gsm8k_cot's fixed exemplars).
+fixed exemplars (the same five in front of every question, as gsm8k_cot's fixed exemplars); and two
+whose requests lm-eval itself builds, from its own task YAML with the committed local slices (as
+scripts/bench_cli.py includes them): HellaSwag (0-shot, 4 endings per context) and gsm8k_cot (its
+8 fixed chain-of-thought exemplars, stop strings `Q:`, `</s>`, `<|im_end|>`).
 Each tool runs in its own process (1 torch thread, batch size 16, float32, CPU, offline), the
 two alternating; per run: the whole process from start to exit (imports, model load, requests)
 and the scoring phase (after one warm-up request). Tokens run through the model are counted in
@@ -33,7 +36,8 @@ from pathlib import Path
 T0 = time.perf_counter()
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "scripts" / "crosscheck_tasks" / "data"
-TASKS = ("arc", "mmlu0", "mmlu5", "gsm8k", "gsm8k_fixed")
+TASKS = ("arc", "hellaswag", "mmlu0", "mmlu5", "gsm8k", "gsm8k_fixed", "gsm8k_cot")
+LMEVAL_BUILT = {"hellaswag": "xb_hellaswag", "gsm8k_cot": "xb_gsm8k_cot"}   # task -> bench_cli's task name
 GOALS = {"scoring_mmlu5": 4.0, "whole_mc": 2.0, "gen": 1.3, "floor": 1.25}
 
 
@@ -74,6 +78,31 @@ def requests(task: str, n: int) -> list[dict]:
     train = _rows(DATA / "gsm8k" / "train.jsonl.gz")
     return [{"prompt": build_context(t, d, fewshot_rows(t, train, d, i)), "stop": list(t.stop)}
             for i, d in enumerate(_rows(DATA / "gsm8k" / "test.jsonl")[:n])]
+
+
+def requests_lmeval(task: str, n: int) -> list[dict]:
+    """The first n documents' requests as lm-eval builds them (run in lm-eval's venv)."""
+    sys.path.insert(0, str(ROOT))
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    from scripts.bench_cli import TASKS as CLI_TASKS
+
+    os.chdir(ROOT)   # the task files name the data slices relative to the checkout
+    name = LMEVAL_BUILT[task]
+    t = get_task_dict([name], TaskManager(include_path=str(ROOT / CLI_TASKS[task][1])))[name]
+    t.build_all_requests(limit=n, rank=0, world_size=1)
+    by_doc: dict[int, list] = {}
+    for inst in t.instances:
+        by_doc.setdefault(inst.doc_id, []).append(inst)
+    out = []
+    for doc_id in sorted(by_doc):
+        insts = sorted(by_doc[doc_id], key=lambda i: i.idx)
+        if insts[0].request_type == "generate_until":
+            out.append({"prompt": insts[0].args[0], "stop": list(insts[0].args[1]["until"])})
+        else:
+            assert len({i.args[0] for i in insts}) == 1, "one context per document"
+            out.append({"context": insts[0].args[0], "continuations": [i.args[1] for i in insts]})
+    return out
 
 
 def worker_ours(args, reqs: list[dict]) -> dict:
@@ -160,14 +189,23 @@ def measure(tool: str, model: Path, task: str, n: int, threads: int, max_new: in
 
     req_file = ROOT / "build" / "bench" / f"exact-{task}-{n}.json"
     req_file.parent.mkdir(parents=True, exist_ok=True)
-    if not req_file.exists():
-        req_file.write_text(json.dumps(requests(task, n)))
-    if tool == "lmeval":
+    if tool == "lmeval" or task in LMEVAL_BUILT:
         ensure_venv()
-    py = str(venv_python()) if tool == "lmeval" else sys.executable
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                HF_HOME=str(ROOT / "build" / "bench" / "hf"), OMP_NUM_THREADS=str(threads))
+    if not req_file.exists() and task in LMEVAL_BUILT:
+        from scripts.bench_cli import write_tasks
+        from scripts.crosscheck import VENV
+
+        write_tasks(VENV)
+        r = subprocess.run([str(venv_python()), __file__, "--build", task, "--n", str(n), "--requests", str(req_file)],
+                           env=env, capture_output=True, text=True, cwd=ROOT)
+        if r.returncode != 0:
+            raise RuntimeError(f"building {task} requests with lm-eval failed: {r.stderr[-2000:]}")
+    elif not req_file.exists():
+        req_file.write_text(json.dumps(requests(task, n)))
+    py = str(venv_python()) if tool == "lmeval" else sys.executable
     start = time.perf_counter()
     r = subprocess.run([py, __file__, "--worker", tool, "--model", str(model), "--requests", str(req_file),
                         "--threads", str(threads), "--max-new", str(max_new)],
@@ -189,7 +227,7 @@ def compare(model: Path, task: str, n: int, threads: int, max_new: int, repeat: 
                   f"{x['tokens']} tokens", flush=True)
     med = {t: {k: statistics.median(r[k] for r in runs[t]) for k in ("seconds", "process_s")} for t in runs}
     a, b = runs["ours"][0]["out"], runs["lmeval"][0]["out"]
-    if "gsm8k" in task:
+    if "prompt" in json.loads((ROOT / "build" / "bench" / f"exact-{task}-{n}.json").read_text())[0]:
         detail = f"{sum(x == y for x, y in zip(a, b, strict=True))}/{len(a)} identical generations"
     else:
         diff = max(abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
@@ -204,14 +242,17 @@ def compare(model: Path, task: str, n: int, threads: int, max_new: int, repeat: 
             "pairs": [[o["seconds"], lm["seconds"]] for o, lm in zip(runs["ours"], runs["lmeval"], strict=True)]}
 
 
+def default_n(task: str) -> int:
+    return 2 if "gsm8k" in task else 10 if task == "hellaswag" else 20
+
+
 def run(work: Path, plan: list[tuple[str, int, int]] | None = None, repeat: int = 2, max_new: int = 64) -> dict:
     sys.path.insert(0, str(ROOT))
     from scripts.get_smollm2 import main as get_smollm2
 
     smol = ROOT / "build" / "models" / "smollm2-135m-instruct"
     get_smollm2([str(smol), "--no-check"])
-    plan = plan or [("arc", 20, repeat), ("mmlu0", 20, repeat), ("mmlu5", 20, repeat), ("gsm8k", 2, repeat),
-                    ("gsm8k_fixed", 2, repeat)]
+    plan = plan or [(t, default_n(t), repeat) for t in TASKS]
     load_before = os.getloadavg()
     rows = [compare(smol, task, n, 1, max_new, rep) for task, n, rep in plan]
     return {"model": "SmolLM2-135M-Instruct", "rows": rows, "max_new": max_new,
@@ -248,11 +289,11 @@ def render(r: dict) -> list[str]:
     if "mmlu5" in by:
         lines.append(f"- MMLU 5-shot scoring phase: {by['mmlu5']['scoring_ratio']:.2f}x, goal "
                      f"{_goal(by['mmlu5']['scoring_ratio'], GOALS['scoring_mmlu5'])}.")
-    for task in ("arc", "mmlu0", "mmlu5"):
+    for task in ("arc", "hellaswag", "mmlu0", "mmlu5"):
         if task in by:
             lines.append(f"- {task} whole process: {by[task]['process_ratio']:.2f}x, goal "
                          f"{_goal(by[task]['process_ratio'], GOALS['whole_mc'])}.")
-    for task in ("gsm8k", "gsm8k_fixed"):
+    for task in ("gsm8k", "gsm8k_fixed", "gsm8k_cot"):
         if task in by:
             lines.append(f"- {task} generation (scoring phase): {by[task]['scoring_ratio']:.2f}x with "
                          f"{by[task]['agreement']}, goal {_goal(by[task]['scoring_ratio'], GOALS['gen'])}.")
@@ -281,8 +322,9 @@ def render(r: dict) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", choices=["ours", "lmeval"])
+    ap.add_argument("--build", choices=sorted(LMEVAL_BUILT), help="(internal) write lm-eval's requests to --requests")
     ap.add_argument("--model")
     ap.add_argument("--requests")
     ap.add_argument("--batch-size", type=int, default=16)
@@ -292,6 +334,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
+    if args.build:
+        Path(args.requests).write_text(json.dumps(requests_lmeval(args.build, args.n)))
+        return
     if args.worker:
         import torch
 
@@ -301,7 +346,7 @@ def main() -> None:
         print(json.dumps(got))
         return
     sys.path.insert(0, str(ROOT))
-    plan = [(t, args.n or (2 if "gsm8k" in t else 20), args.repeat) for t in args.tasks.split(",")]
+    plan = [(t, args.n or default_n(t), args.repeat) for t in args.tasks.split(",")]
     print(json.dumps(run(ROOT / "build" / "bench", plan, args.repeat, args.max_new), indent=1))
 
 
