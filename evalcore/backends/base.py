@@ -10,10 +10,21 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import BackendError
+from ..errors import BackendError, PlanError
+from .model import (
+    DEFAULT_DTYPE,
+    DTYPE_KEYS,
+    GPU_ONLY_KWARGS,
+    ModelSpec,
+    dtype_written,
+    one_trust_setting,
+    parse_dtype,
+)
+
+CPU_AUTO_BATCH = 8  # "auto" batch size on the CPU (no out-of-memory signal to halve on)
 
 
 class FrozenMap(Mapping[str, Any]):
@@ -81,27 +92,37 @@ class GenRequest:
 
 
 @dataclass(frozen=True)
-class ModelSettings:
-    """How to load and run one model. `batch_size` is an int or "auto" (halve on GPU OOM)."""
+class ModelSettings(ModelSpec):
+    """What a backend loads: the plan's model description (`ModelSpec`, every field) with its
+    paths and revisions where the preflight found the files, plus where it runs (`device`,
+    `device_map`, `threads`). `dtype` is its canonical name: a dtype in model_kwargs moves here,
+    as trust_remote_code in the kwargs moves to `trust_remote_code` (two different values are
+    refused). `batch_size` is an int or "auto" (halve on GPU OOM)."""
 
-    path: str
-    revision: str | None = None
-    tokenizer_path: str | None = None
-    tokenizer_revision: str | None = None
-    dtype: str = "float32"
+    dtype: str = DEFAULT_DTYPE  # type: ignore[assignment]  # a field here, derived in ModelSpec
     device: str = "cpu"
     device_map: str | None = None
-    trust_remote_code: bool = False
-    model_kwargs: Mapping[str, Any] = field(default_factory=FrozenMap)
-    tokenizer_kwargs: Mapping[str, Any] = field(default_factory=FrozenMap)
-    batch_size: int | str = 8
-    max_seq_len: int | None = None
-    batch_padding: bool = True
-    chat_template: bool = False
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("model_kwargs", "tokenizer_kwargs"):
+        try:
+            trust = one_trust_setting({"model_kwargs": self.model_kwargs, "tokenizer_kwargs": self.tokenizer_kwargs,
+                                       **({"trust_remote_code": True} if self.trust_remote_code else {})}, "model")
+            kwargs = trust["model_kwargs"]
+            dtype = parse_dtype({}, "model", default=self.dtype)
+            if dtype_written(kwargs, ""):
+                given = parse_dtype(kwargs, "model")
+                if self.dtype != DEFAULT_DTYPE and given != dtype:
+                    raise PlanError(f"dtype = {self.dtype!r} and model_kwargs {dtype_written(kwargs)!r} differ",
+                                    hint="give the dtype once")
+                dtype = given
+        except PlanError as exc:
+            raise BackendError(exc.message, hint=exc.hint) from None
+        object.__setattr__(self, "dtype", dtype)
+        object.__setattr__(self, "trust_remote_code", bool(trust.get("trust_remote_code", False)))
+        object.__setattr__(self, "model_kwargs", {k: v for k, v in kwargs.items() if k not in DTYPE_KEYS})
+        object.__setattr__(self, "tokenizer_kwargs", trust["tokenizer_kwargs"])
+        for name in ("model_kwargs", "tokenizer_kwargs", "backend_options"):
             value = getattr(self, name)
             if not isinstance(value, FrozenMap):
                 object.__setattr__(self, name, FrozenMap(value))
@@ -113,6 +134,25 @@ class ModelSettings:
             raise BackendError(f"max_seq_len must be at least 2, not {self.max_seq_len}")
         if self.threads is not None and self.threads < 1:
             raise BackendError(f"threads must be at least 1, not {self.threads}")
+
+    @classmethod
+    def for_run(cls, spec: ModelSpec, model_at: Any, tokenizer_at: Any | None, placed: Any,
+                threads: int | None) -> ModelSettings:
+        """`spec` as a worker loads it: `model_at` / `tokenizer_at` (the preflight's resolved
+        model and tokenizer: load_path, revision, trust_remote_code) say where the files are,
+        `placed` (device, device_map, max_memory) where it runs. Every other field is the plan's."""
+        kwargs = {k: v for k, v in spec.model_kwargs.items() if k not in GPU_ONLY_KWARGS}
+        if placed.max_memory is not None:
+            kwargs["max_memory"] = placed.max_memory
+        described = {f.name: getattr(spec, f.name) for f in fields(ModelSpec)}
+        on_cpu = placed.device == "cpu"
+        return cls(**{
+            **described, "path": model_at.load_path, "revision": model_at.revision,
+            "tokenizer_path": tokenizer_at.load_path if tokenizer_at else None,
+            "tokenizer_revision": tokenizer_at.revision if tokenizer_at else None,
+            "trust_remote_code": model_at.trust_remote_code, "model_kwargs": kwargs,
+            "batch_size": CPU_AUTO_BATCH if (on_cpu and spec.batch_size == "auto") else spec.batch_size,
+            "device": placed.device, "device_map": placed.device_map, "threads": threads})
 
 
 @runtime_checkable

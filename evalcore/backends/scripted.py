@@ -71,3 +71,9 @@ class ScriptedBackend:
 
     def close(self) -> None:
         pass
+
+
+def load(settings, **options) -> ScriptedBackend:
+    """The `scripted` backend's loader (evalcore/backends/kinds/scripted.py): the plan's
+    backend_options, then `options`."""
+    return ScriptedBackend(settings.name, {**dict(settings.backend_options), **options})

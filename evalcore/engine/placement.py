@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-GPU_ONLY_KWARGS = ("device_map", "max_memory")
+from evalcore.backends.model import GPU_ONLY_KWARGS
+
 LEASED = "leased"  # max_memory marker: every leased GPU at its full size (the backend measures them)
 
 

@@ -8,7 +8,6 @@ preflight resolved, the tasks, and the partition keys.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -16,17 +15,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from evalcore.backends.checkpoint import tokenizer_hash
+from evalcore.backends.model import ModelSpec
+from evalcore.backends.registry import backend_kind
 from evalcore.engine.partition import GEN_COST, Unit
-from evalcore.engine.settings import library_versions
 from evalcore.errors import EvalcoreError, PlanError
 from evalcore.plan.data import DataRef
 from evalcore.plan.preflight import LocalModel, Resolved
 from evalcore.plan.spec import Plan, plan_from_json, plan_to_json
 from evalcore.plan.tasks import Task, task_for
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "chat_template.jinja",
-                   "chat_template.json", "spiece.model")
 
 
 def new_run_id(now: float | None = None) -> str:
@@ -102,13 +99,19 @@ def _resolved_from_dict(d: dict) -> Resolved:
                     {k: ref(v) for k, v in d["datasets"].items()}, {k: ref(v) for k, v in d["fewshot"].items()})
 
 
-def tokenizer_hash(folder: Path) -> str:
-    h = hashlib.sha256(b"evalcore-tokenizer-v1\n")
-    for name in TOKENIZER_FILES:
-        p = folder / name
-        if p.is_file():
-            h.update(name.encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
+def model_key(m: ModelSpec, lm: LocalModel, tok: LocalModel) -> dict:
+    """The part of every partition key that the model decides: its files as the preflight found
+    them (`lm`, `tok`) and every field of its description that changes answers. These fields and
+    their text are what old runs recorded: a change here makes every resume of them refused."""
+    kind = backend_kind(m.backend)
+    return {
+        "model": lm.fingerprint, "model_path": lm.load_path, "backend": m.backend,
+        "dtype": m.dtype, "tokenizer": tokenizer_hash(tok.folder) if kind.reads_files else None,
+        "chat_template": m.chat_template, "max_seq_len": m.max_seq_len, "batch_padding": m.batch_padding,
+        "model_kwargs": {k: str(v) for k, v in sorted(m.model_kwargs.items()) if k not in ("device_map",)},
+        "tokenizer_kwargs": {k: str(v) for k, v in sorted(m.tokenizer_kwargs.items())},
+        "versions": kind.versions(),  # a resume after an upgrade is refused, never mixed
+    }
 
 
 def units(ctx: RunContext, counts: dict[str, int]) -> list[Unit]:
@@ -117,21 +120,13 @@ def units(ctx: RunContext, counts: dict[str, int]) -> list[Unit]:
     out = []
     for m in ctx.plan.models:
         lm = ctx.resolved.models[m.name]
-        tok = ctx.resolved.tokenizers.get(m.name, lm)
-        model_key = {
-            "model": lm.fingerprint, "model_path": lm.load_path, "backend": m.backend,
-            "dtype": m.dtype, "tokenizer": tokenizer_hash(tok.folder) if m.backend != "scripted" else None, "chat_template": m.chat_template,
-            "max_seq_len": m.max_seq_len, "batch_padding": m.batch_padding,
-            "model_kwargs": {k: str(v) for k, v in sorted(m.model_kwargs.items()) if k not in ("device_map",)},
-            "tokenizer_kwargs": {k: str(v) for k, v in sorted(m.tokenizer_kwargs.items())},
-            "versions": library_versions(m.backend),  # a resume after an upgrade is refused, never mixed
-        }
+        key_of_model = model_key(m, lm, ctx.resolved.tokenizers.get(m.name, lm))
         for d in ctx.plan.datasets:
             task = tasks[d.abbr]
             limit = d.limit if d.limit is not None else ctx.plan.run.limit
             n = counts[d.abbr] if limit is None else min(limit, counts[d.abbr])
             fs = ctx.resolved.fewshot.get(d.abbr)
-            key = {**model_key, "task": task.name, "task_version": task.version,
+            key = {**key_of_model, "task": task.name, "task_version": task.version,
                    "data": ctx.resolved.datasets[d.abbr].sha256, "fewshot_data": fs.sha256 if fs else None,
                    "max_out_len": effective_max_out_len(m, task) if task.mode == "gen" else None,
                    "code_execution": d.allow_code_execution}

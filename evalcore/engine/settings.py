@@ -2,7 +2,7 @@
 task's own values and the defaults were combined, and what the host ignored. Recorded in the
 ledger (each partition's `spec_json`) when a run starts and shown by `evalcore report`.
 
-Pure apart from reading installed package versions (importlib.metadata: nothing is imported).
+Pure apart from reading installed package versions (package metadata: nothing is imported).
 """
 
 from __future__ import annotations
@@ -10,24 +10,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping
-from importlib import metadata
 from pathlib import Path
 
-# The libraries the answers of each backend depend on (part of every partition's key).
-LIBRARIES = {"hf": ("torch", "transformers", "tokenizers", "accelerate"), "scripted": ()}
-PRODUCT = "cachekit-evalcore"
-GPU_ONLY_KWARGS = ("device_map", "max_memory")
+from evalcore.backends.model import GPU_ONLY_KWARGS
+from evalcore.backends.registry import backend_kind
 
 
 def library_versions(backend: str) -> dict[str, str | None]:
-    """Installed versions (None: not installed) of the product and of what `backend` runs on."""
-    out: dict[str, str | None] = {}
-    for name in (PRODUCT, *LIBRARIES.get(backend, ())):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    """Installed versions (None: not installed) of the product and of what `backend` runs on
+    (its BackendKind's libraries; part of every partition key)."""
+    return backend_kind(backend).versions()
 
 
 def effective_settings(model, dataset, task, *, max_out_len: int | None, limit: int | None,
@@ -40,7 +32,7 @@ def effective_settings(model, dataset, task, *, max_out_len: int | None, limit: 
     if model.chat_template and not gen:
         notes.append("chat_template is not used for a log-likelihood dataset (choices are scored on the raw prompt)")
     on_cpu = n_devices == 0 and host_gpus
-    if on_cpu and model.backend == "hf":
+    if on_cpu and backend_kind(model.backend).uses_gpu:
         ignored = [f"num_gpus={model.num_gpus}"] if model.num_gpus else []
         ignored += [f"{k}={model.model_kwargs[k]!r}" for k in GPU_ONLY_KWARGS if k in model.model_kwargs]
         if model.batch_size == "auto":

@@ -349,33 +349,14 @@ def chunk_size(spec, mode: str) -> int:
 
 
 def make_backend(spec, resolved, threads: int | None, on_gpu: bool, gpus: int = 1):
-    """The backend for a model of the plan, loaded from what the preflight resolved."""
-    if spec.backend == "scripted":
-        from evalcore.backends.scripted import ScriptedBackend
-
-        return ScriptedBackend(spec.name, spec.backend_options)
-    from evalcore.backends.base import ModelSettings
-    from evalcore.backends.hf import HFBackend
-    from evalcore.engine.placement import GPU_ONLY_KWARGS, placement
+    """The backend for a model of the plan: its description as the plan gave it, loaded from
+    what the preflight resolved, placed on the leased GPUs (or the CPU)."""
+    from evalcore.backends import ModelSettings, load_backend
+    from evalcore.engine.placement import placement
 
     lm = resolved.models[spec.name]
-    tok = resolved.tokenizers.get(spec.name)
-    kwargs = dict(spec.model_kwargs)
-    dtype = str(kwargs.pop("torch_dtype", kwargs.pop("dtype", "float32"))).removeprefix("torch.")
-    where = placement(kwargs, gpus if on_gpu else 0, on_gpu)
-    for k in GPU_ONLY_KWARGS:
-        kwargs.pop(k, None)
-    if where.max_memory is not None:
-        kwargs["max_memory"] = where.max_memory
-    device_map = where.device_map
-    return HFBackend(ModelSettings(
-        path=lm.load_path, revision=lm.revision,
-        tokenizer_path=tok.load_path if tok else None, tokenizer_revision=tok.revision if tok else None,
-        dtype=dtype, device=where.device, device_map=device_map,
-        trust_remote_code=lm.trust_remote_code, model_kwargs=kwargs, tokenizer_kwargs=dict(spec.tokenizer_kwargs),
-        batch_size=spec.batch_size if (on_gpu or spec.batch_size != "auto") else 8,
-        max_seq_len=spec.max_seq_len, batch_padding=spec.batch_padding, chat_template=spec.chat_template,
-        threads=threads), **dict(spec.backend_options))
+    where = placement(spec.model_kwargs, gpus if on_gpu else 0, on_gpu)
+    return load_backend(ModelSettings.for_run(spec, lm, resolved.tokenizers.get(spec.name), where, threads))
 
 
 def main(argv: list[str] | None = None) -> int:

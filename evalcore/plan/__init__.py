@@ -5,6 +5,7 @@ the hub (`sources`, `needs`), the checks of every model folder, tokenizer and da
 model loads (`preflight`, `model_folder`, `hubcheck`), reading the datasets offline (`data`), the
 task each dataset runs (`tasks`) and the dry pass over every row's prompt and gold (`dry_run`).
 
-May import: `evalcore.errors`, `evalcore.benchmarks` (and what it may import), `cachekit`.
+May import: `evalcore.errors`, `evalcore.benchmarks`, `evalcore.backends` (the model description,
+the registry and the checkpoint file names: nothing heavy), and what they may import, `cachekit`.
 Pure apart from the file reads it names; importing it loads no heavy library.
 """

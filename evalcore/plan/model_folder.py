@@ -9,11 +9,8 @@ import json
 import struct
 from pathlib import Path
 
-# A tokenizer needs one of these (sets of files that together make one).
-TOKENIZER_SETS = (("tokenizer.json",), ("tokenizer.model",), ("spiece.model",), ("sentencepiece.bpe.model",),
-                  ("vocab.json", "merges.txt"), ("vocab.txt",))
-WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "model.gguf")
+from evalcore.backends.checkpoint import TOKENIZER_SETS, WEIGHT_FILES, WEIGHT_INDEXES
+
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 
 

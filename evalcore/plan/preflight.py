@@ -12,12 +12,17 @@ from pathlib import Path
 from cachekit import paths
 from cachekit.errors import BundleError, CachekitError, NotFoundError
 from cachekit.index import Index
-from evalcore.errors import EvalcoreError, MissingArtefact, PlanError, StoreIndexUnreadable
+from evalcore.backends.checkpoint import WEIGHT_SUFFIXES
+from evalcore.backends.registry import backend_kind
+from evalcore.errors import (
+    EvalcoreError,
+    MissingArtefact,
+    PlanError,
+    StoreIndexUnreadable,
+)
 from evalcore.plan import data
 from evalcore.plan.model_folder import model_folder_problems, tokenizer_problems
 from evalcore.plan.spec import DatasetSpec, ModelSpec, Plan, is_local
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
 
 
 @dataclass(frozen=True)
@@ -139,8 +144,8 @@ def resolve_plan(plan: Plan, tasks: dict[str, object], index: Index | None = Non
         return None
 
     for m in plan.models:
-        if m.backend == "scripted":  # a stand-in model: nothing to find
-            models[m.name] = LocalModel(m.path, None, Path("."), f"scripted:{m.path}", False)
+        if not backend_kind(m.backend).reads_files:  # a stand-in model: nothing to find
+            models[m.name] = LocalModel(m.path, None, Path("."), f"{m.backend}:{m.path}", False)
             continue
         lm = attempt(lambda m=m: resolve_model(m.path, m.revision, m.trust_remote_code, index, f"model {m.name}:",
                                                check="model" if m.tokenizer_path else "model+tokenizer"),

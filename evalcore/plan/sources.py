@@ -4,6 +4,7 @@ Apart from the plan itself, since it reads the task files (benchmarks) that read
 
 from __future__ import annotations
 
+from evalcore.backends.registry import backend_kind
 from evalcore.benchmarks.taskfile import bind
 from evalcore.plan.spec import Plan, is_local
 
@@ -14,7 +15,7 @@ def plan_sources(plan: Plan, include=(), exclude=(), trust_remote_code=False) ->
 
     out = []
     for m in plan.models:
-        if m.backend == "scripted":  # a stand-in model: nothing to fetch
+        if not backend_kind(m.backend).reads_files:  # a stand-in model: nothing to fetch
             continue
         for path, rev in ((m.path, m.revision), (m.tokenizer_path, m.tokenizer_revision or m.revision)):
             if path and not is_local(path):

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 
+from evalcore.backends.model import ModelSpec, one_trust_setting, parse_dtype
+from evalcore.backends.registry import backend_kind
 from evalcore.benchmarks.catalog import lookup
 from evalcore.errors import PlanError
 
@@ -23,42 +25,7 @@ def _empty() -> Mapping:
     return MappingProxyType({})
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    path: str  # hub repo id (resolved from the local cache) or a local folder
-    abbr: str = ""
-    revision: str | None = None
-    tokenizer_path: str | None = None
-    tokenizer_revision: str | None = None
-    model_kwargs: Mapping = field(default_factory=_empty)  # passed to from_pretrained (torch_dtype, device_map, ...)
-    tokenizer_kwargs: Mapping = field(default_factory=_empty)
-    max_out_len: int | None = None  # None: each dataset's own value (else 256); set, it wins for every dataset
-    max_seq_len: int | None = None
-    batch_size: int | str = 8  # or "auto" (GPU: halve on out-of-memory)
-    num_gpus: int = 1
-    batch_padding: bool = True
-    chat_template: bool = False
-    trust_remote_code: bool = False
-    backend: str = "hf"  # "hf" (transformers), or "scripted" (deterministic fake, for dry runs and tests)
-    backend_options: Mapping = field(default_factory=_empty)  # see BACKEND_OPTIONS
-
-    @property
-    def name(self) -> str:
-        return self.abbr or Path(self.path.rstrip("/")).name
-
-    @property
-    def dtype(self) -> str:
-        return str(self.model_kwargs.get("torch_dtype", self.model_kwargs.get("dtype", "float32")))
-
-
 DEFAULT_MAX_OUT_LEN = 256  # a generation dataset without its own value and no model max_out_len
-# Options each backend takes (`backend_options = { ... }`), with their types: anything else is refused.
-BACKEND_OPTIONS = MappingProxyType({
-    "hf": MappingProxyType({"packed": bool, "token_budget": int}),
-    "scripted": MappingProxyType({"load_seconds": float, "sample_seconds": float, "generation": str,
-                                  "barrier_dir": str, "barrier_count": int, "barrier_timeout": float}),
-})
-DTYPE_NAMES = ("auto", "float32", "fp32", "float", "float16", "fp16", "half", "bfloat16", "bf16")
 # The smallest value each numeric setting takes (a value below it is refused, 0 included).
 MINIMUM = MappingProxyType({
     "max_num_workers": 1, "max_workers_per_gpu": 1, "max_partition_size": 1, "limit": 1, "lease_seconds": 1.0,
@@ -193,72 +160,20 @@ def _model(d: Mapping, where: str) -> ModelSpec:
         d["path"] = d.pop("hf_path")
     if "path" not in d:
         raise PlanError(f"{where} has no 'path' (a hub repo id or a local folder)")
-    d = _one_trust_setting(d, where)
+    d = one_trust_setting(d, where)
     m = _typed(ModelSpec, d, where)
     if m.batch_size != "auto" and (not isinstance(m.batch_size, int) or isinstance(m.batch_size, bool)
                                    or m.batch_size < 1):
         raise PlanError(f"{where}: 'batch_size' must be a positive integer or \"auto\"")
-    if m.backend not in BACKEND_OPTIONS:
-        raise PlanError(f"{where}: unknown backend {m.backend!r} ({' or '.join(BACKEND_OPTIONS)})")
-    _check_dtype(m.model_kwargs, where)
-    _check_options(m.backend, m.backend_options, where)
+    kind = backend_kind(m.backend, where)
+    parse_dtype(m.model_kwargs, where)
+    kind.check_options(m.backend_options, where)
     for key, path, rev in (("revision", m.path, m.revision),
                            ("tokenizer_revision", m.tokenizer_path or m.path, m.tokenizer_revision)):
-        if rev and m.backend == "hf" and is_local(path):
+        if rev and kind.reads_files and is_local(path):
             raise PlanError(f"{where}: '{key}' = {rev!r} names a hub revision, but {path} is a local folder",
                             hint="drop the revision (a local folder has one version), or give a hub repo id")
     return m
-
-
-def _one_trust_setting(d: dict, where: str) -> dict:
-    """`trust_remote_code` may be written at the model level or in model_kwargs/tokenizer_kwargs
-    (OpenCompass style); it becomes the one model-level setting, checked against the bundle.
-    Two different values are refused."""
-    given = {"trust_remote_code": d["trust_remote_code"]} if "trust_remote_code" in d else {}
-    for part in ("model_kwargs", "tokenizer_kwargs"):
-        kw = d.get(part)
-        if isinstance(kw, Mapping) and "trust_remote_code" in kw:
-            kw = dict(kw)
-            v = kw.pop("trust_remote_code")
-            if isinstance(v, str) and v.lower() in ("true", "false"):
-                v = v.lower() == "true"
-            given[f"{part}.trust_remote_code"] = v
-            d = {**d, part: kw}
-    values = set(map(repr, given.values()))
-    if len(values) > 1:
-        raise PlanError(f"{where}: trust_remote_code is set differently in "
-                        + ", ".join(f"{k} = {v!r}" for k, v in given.items()), hint="set it once, at the model level")
-    if given:
-        d = {**d, "trust_remote_code": next(iter(given.values()))}
-    return d
-
-
-def _check_dtype(kwargs: Mapping, where: str) -> None:
-    if "dtype" in kwargs and "torch_dtype" in kwargs and str(kwargs["dtype"]) != str(kwargs["torch_dtype"]):
-        raise PlanError(f"{where}: model_kwargs give dtype = {kwargs['dtype']!r} and torch_dtype = "
-                        f"{kwargs['torch_dtype']!r}; which one?", hint="give only one of them")
-    for key in ("dtype", "torch_dtype"):
-        if key in kwargs:
-            name = str(kwargs[key]).removeprefix("torch.").lower()
-            if name not in DTYPE_NAMES:
-                raise PlanError(f"{where}: model_kwargs {key} = {kwargs[key]!r} is not a dtype",
-                                hint=f"use one of {', '.join(DTYPE_NAMES)}")
-
-
-def _check_options(backend: str, options: Mapping, where: str) -> None:
-    allowed = BACKEND_OPTIONS[backend]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise PlanError(f"{where}: backend_options: unknown key(s) {', '.join(unknown)} for backend {backend!r}",
-                        hint=f"allowed: {', '.join(sorted(allowed)) or 'none'}")
-    for k, v in options.items():
-        want = allowed[k]
-        ok = isinstance(v, (bool, str)) and isinstance(v, want) if want in (bool, str) else (
-            isinstance(v, want if want is int else (int, float)) and not isinstance(v, bool))
-        if not ok:
-            raise PlanError(f"{where}: backend_options '{k}' must be {want.__name__}, got {v!r}")
-        if want not in (bool, str) and v < (1 if want is int else 0):
-            raise PlanError(f"{where}: backend_options '{k}' must be >= {1 if want is int else 0}, got {v!r}")
 
 
 def _dataset(d: Mapping, where: str) -> DatasetSpec:
@@ -386,7 +301,7 @@ def with_overrides(plan: Plan, *, model: Mapping | None = None, model_overrides:
         models = (_model(model, "command line"),)
     if model_overrides:
         _check_keys(model_overrides, MODEL_KEYS, "command line")
-        flags = _one_trust_setting(dict(model_overrides), "command line")
+        flags = one_trust_setting(dict(model_overrides), "command line")
         models = tuple(_model(_merge_model(_as_dict(m), flags), "command line") for m in models)
     ds = plan.datasets
     if datasets:
