@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install bubblewrap (bwrap), the OS sandbox that runs model-written code (evalcore/nsbox.py), if missing.
+# Install bubblewrap (bwrap), the OS sandbox that runs model-written code (evalcore/isolation/nsbox.py), if missing.
 #   bash scripts/install-bubblewrap.sh
 # Needs root (or sudo) and the Debian package mirror. Does nothing when bwrap is present.
 set -euo pipefail
