@@ -22,7 +22,6 @@ from evalcore.backends import (
     LoglikRequest,
     LoglikResult,
     ModelSettings,
-    bench_mc,
     load_backend,
 )
 from evalcore.errors import BackendError, ModelNotCachedError
@@ -341,11 +340,6 @@ def test_importing_backends_loads_no_torch():
     code = ("import sys, evalcore.backends as b; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'")
     subprocess.run([sys.executable, "-c", code], env=clean_env(), cwd=ROOT, check=True, timeout=60)
-
-
-def test_bench_mc_returns_seconds(packed):
-    seconds = bench_mc(packed, arc_requests(5))
-    assert isinstance(seconds, float) and seconds > 0
 
 
 def test_fallback_when_the_mask_is_not_honoured(tiny_model_dir, arc_plain, monkeypatch):

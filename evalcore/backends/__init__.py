@@ -21,7 +21,6 @@ from .base import (
     LoglikRequest,
     LoglikResult,
     ModelSettings,
-    bench_mc,
     prefetch_hint,
 )
 from .model import ModelSpec
@@ -29,7 +28,7 @@ from .registry import BackendKind, backend_kind, backend_names
 
 __all__ = [
     "Backend", "BackendKind", "FrozenMap", "GenRequest", "LoglikRequest", "LoglikResult",
-    "ModelSettings", "ModelSpec", "backend_kind", "backend_names", "bench_mc",
+    "ModelSettings", "ModelSpec", "backend_kind", "backend_names",
     "load_backend", "prefetch_hint",
 ]
 

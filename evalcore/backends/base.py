@@ -7,8 +7,6 @@ returns results in the order of the requests, whatever order it computes them in
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol, runtime_checkable
@@ -174,17 +172,3 @@ class Backend(Protocol):
     def close(self) -> None:
         """Free the model; the backend is unusable afterwards."""
         ...
-
-
-def bench_mc(backend: Backend, requests: Sequence[LoglikRequest], *, repeat: int = 1,
-             warmup: bool = True) -> float:
-    """Seconds `backend.loglikelihood(requests)` takes: the median of `repeat` runs, after one
-    untimed warm-up run on the first request (first-use work such as the packing probe)."""
-    if warmup and requests:
-        backend.loglikelihood(list(requests[:1]))
-    times = []
-    for _ in range(max(1, repeat)):
-        start = time.perf_counter()
-        backend.loglikelihood(requests)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)

@@ -387,10 +387,5 @@ class SlurmRunner:
                 next_queue = time.monotonic() + min(0.25, self.settings.poll_seconds)
             time.sleep(SPOOL_POLL_S)
 
-    def failed_jobs(self) -> list[tuple[str, str, str, Path]]:
-        """(job id, state, exit code, log) of the jobs that ended abnormally."""
-        return [(j.job_id, j.state, j.exit_code, self._job_log(j.job_id)) for j in self.jobs.values()
-                if j.ended and not j.cancelled_by_us and not (j.state == "COMPLETED" and j.exit_code in ("", "0:0"))]
-
 
 __all__ = ["SlurmRunner", "SlurmSettings", "slurm_settings", "SlurmError"]
