@@ -63,6 +63,7 @@ def model(request, tiny_model_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # SmolLM2 on a loaded 2-core machine: a hang guard, not a speed limit
 def test_multiple_choice_matches_lm_eval(model):
     from evalcore.backends.base import LoglikRequest
 
@@ -95,6 +96,7 @@ def test_multiple_choice_matches_lm_eval(model):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # SmolLM2 on a loaded 2-core machine: a hang guard, not a speed limit
 def test_greedy_generation_matches_lm_eval(model):
     from evalcore.backends.base import GenRequest
 
@@ -148,6 +150,7 @@ def _xf_datasets(*names: str):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # SmolLM2 on a loaded 2-core machine: a hang guard, not a speed limit
 def test_task_file_multiple_choice_matches_lm_eval(model):
     from evalcore.benchmarks.engine import requests_for
     from evalcore.benchmarks.lmeval_scoring import score_multiple_choice
@@ -195,6 +198,7 @@ def test_task_file_multiple_choice_matches_lm_eval(model):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # SmolLM2 on a loaded 2-core machine: a hang guard, not a speed limit
 def test_task_file_filtered_generation_matches_lm_eval(model):
     from evalcore.backends.base import GenRequest
     from evalcore.benchmarks.engine import requests_for
